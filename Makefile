@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (the main job on bundled data) and `make test`.
+# Both create .venv on first use. TORCH is installed first so that the package's
+# `torch>=2.2` requirement is already met and pip pulls no CUDA build; override it
+# for your platform, e.g. `make test TORCH=torch`.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= demo_output
+
+.PHONY: demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/autoseg plan autoseg/demo/Dataset004_Hippocampus24 -o $(DEMO_OUT)/Dataset004_Hippocampus24
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,187 @@
+"""Dataset fingerprint: per-case geometry and crop, pooled foreground intensity statistics.
+
+compute_fingerprint() reads every case once (validating it on the way), in worker
+processes, keeping about one case per worker in memory. The samples kept per case are
+capped so the pooled statistics stay bounded whatever the dataset size.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autoseg.dataset import Dataset, load_dataset, read_case
+from autoseg.dataset.layout import Case
+from autoseg.errors import DatasetInvalid
+from autoseg.jsonio import load_versioned, write_json_atomic
+
+FINGERPRINT_VERSION = 1
+SAMPLING_SEED = 1234
+# Foreground intensity samples kept over the whole dataset, per channel; enough for
+# stable 0.5/99.5 percentiles while keeping the pooled array small.
+TOTAL_INTENSITY_SAMPLES = 10_000_000
+
+
+@dataclass
+class CaseFingerprint:
+    """Geometry of one training case, in the internal (z, y, x) axis order."""
+
+    case_id: str
+    spacing: list[float]
+    shape_before_crop: list[int]
+    shape_after_crop: list[int]
+    nonzero_bbox: list[list[int]]  # [start, stop) per axis of the region where any channel is nonzero
+    relative_size_after_crop: float
+
+
+@dataclass
+class IntensityStats:
+    """Foreground (label > 0) intensity statistics of one channel, pooled over all cases."""
+
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
+    num_samples: int
+
+
+@dataclass
+class Fingerprint:
+    """What planning needs to know about a dataset, measured once."""
+
+    version: int
+    dataset_name: str
+    dataset_dir: str
+    layout: str
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    file_ending: str
+    cases: list[CaseFingerprint]
+    foreground_intensity: list[IntensityStats]
+    sampling_seed: int = SAMPLING_SEED
+    samples_per_case_cap: int = 0
+
+    @property
+    def spacings(self) -> np.ndarray:
+        return np.array([c.spacing for c in self.cases], dtype=np.float64)
+
+    @property
+    def shapes_after_crop(self) -> np.ndarray:
+        return np.array([c.shape_after_crop for c in self.cases], dtype=np.float64)
+
+    @property
+    def median_relative_size_after_crop(self) -> float:
+        return float(np.median([c.relative_size_after_crop for c in self.cases]))
+
+
+def save_fingerprint(fingerprint: Fingerprint, path) -> None:
+    write_json_atomic(path, fingerprint)
+
+
+def load_fingerprint(path) -> Fingerprint:
+    return load_versioned(Fingerprint, path, FINGERPRINT_VERSION)
+
+
+def default_workers() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
+    """[start, stop) per spatial axis of the voxels nonzero in any channel; whole image if none.
+
+    Filling holes in the mask (as the crop for normalization does) cannot change its
+    bounding box, so it is skipped here.
+    """
+    mask = np.any(image != 0, axis=0)
+    bbox = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        bbox.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, mask.shape[axis]])
+    return bbox
+
+
+def _fingerprint_case(task: tuple[Dataset, Case, int]):
+    dataset, case, cap = task
+    data, problems = read_case(dataset, case)
+    if data is None:
+        return None, None, problems
+    bbox = nonzero_bbox(data.image)
+    crop = tuple(slice(a, b) for a, b in bbox)
+    shape_before = list(data.label.shape)
+    shape_after = [b - a for a, b in bbox]
+    foreground = data.label[crop] > 0
+    rng = np.random.default_rng([SAMPLING_SEED, zlib.crc32(case.case_id.encode())])
+    samples = []
+    for channel in data.image:
+        values = channel[crop][foreground]
+        if values.size > cap:
+            values = values[rng.choice(values.size, cap, replace=False)]
+        samples.append(values.astype(np.float32, copy=False))
+    fp = CaseFingerprint(case.case_id, list(data.geometry.spacing), shape_before, shape_after, bbox,
+                         float(np.prod(shape_after) / np.prod(shape_before)))
+    return fp, samples, []
+
+
+def _pool_stats(samples: list[np.ndarray]) -> IntensityStats:
+    values = np.concatenate(samples).astype(np.float64) if samples else np.zeros(0)
+    if values.size == 0:
+        return IntensityStats(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+    p005, p50, p995 = np.percentile(values, [0.5, 50.0, 99.5])
+    return IntensityStats(float(values.mean()), float(values.std()), float(p50), float(values.min()),
+                          float(values.max()), float(p005), float(p995), int(values.size))
+
+
+def map_cases(function, tasks: list, workers: int, progress: bool, desc: str):
+    """Yield function(task) for each task, in order, using worker processes when workers > 1."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit="case", disable=not progress, file=sys.stderr, leave=False)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                yield function(task)
+                bar.update()
+            return
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(min(workers, len(tasks))) as pool:
+            chunk = max(1, min(8, len(tasks) // (4 * workers)))
+            for result in pool.imap(function, tasks, chunksize=chunk):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+def compute_fingerprint(dataset: Dataset | str | os.PathLike, workers: int | None = None,
+                        progress: bool = True) -> Fingerprint:
+    """Read and validate every case, then pool the measurements; raises DatasetInvalid listing all problems."""
+    if not isinstance(dataset, Dataset):
+        dataset = load_dataset(dataset)
+    workers = default_workers() if workers is None else workers
+    cap = max(1, TOTAL_INTENSITY_SAMPLES // len(dataset.cases))
+    cases: list[CaseFingerprint] = []
+    samples: list[list[np.ndarray]] = [[] for _ in range(dataset.num_channels)]
+    problems: list[str] = []
+    tasks = [(dataset, case, cap) for case in dataset.cases]
+    for fp, case_samples, case_problems in map_cases(_fingerprint_case, tasks, workers, progress, "fingerprint"):
+        problems.extend(case_problems)
+        if fp is None:
+            continue
+        cases.append(fp)
+        for c, s in enumerate(case_samples):
+            samples[c].append(s)
+    if problems:
+        raise DatasetInvalid(dataset.root, problems)
+    return Fingerprint(
+        version=FINGERPRINT_VERSION, dataset_name=dataset.name, dataset_dir=str(dataset.root.resolve()),
+        layout=dataset.layout, channel_names=dataset.channel_names, labels=dataset.labels,
+        file_ending=dataset.file_ending, cases=cases,
+        foreground_intensity=[_pool_stats(s) for s in samples], samples_per_case_cap=cap)

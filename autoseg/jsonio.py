@@ -1,0 +1,207 @@
+"""Typed dataclasses <-> JSON, atomic writes, and JSON Schema derived from the same type hints.
+
+One mechanism serves plans, fingerprints and case properties, so the schema committed
+in plans/ can never drift from the classes: tests regenerate it and compare.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+from autoseg.errors import AutosegError
+
+T = TypeVar("T")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    if dataclasses.is_dataclass(obj):
+        obj = to_dict(obj)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def _is_union(tp) -> bool:
+    return get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    if tp is Any:
+        return value
+    if _is_union(tp):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except AutosegError as e:
+                errors.append(str(e))
+        raise AutosegError(errors[0] if errors else f"{where}: unexpected null")
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise AutosegError(f"{where}: expected an object, got {type(value).__name__}")
+        return _from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise AutosegError(f"{where}: expected a list, got {type(value).__name__}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise AutosegError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise AutosegError(f"{where}: expected an object, got {type(value).__name__}")
+        _, vt = get_args(tp) or (str, Any)
+        return {k: _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise AutosegError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise AutosegError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise AutosegError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise AutosegError(f"{where}: expected a string, got {value!r}")
+        return value
+    if get_origin(tp) is typing.Literal:
+        if value not in get_args(tp):
+            raise AutosegError(f"{where}: expected one of {list(get_args(tp))}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported type {tp!r} at {where}")
+
+
+def _from_dict(cls, data: dict, where: str):
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise AutosegError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise AutosegError(f"{where}: missing field '{name}'")
+            continue
+        kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def from_dict(cls: type[T], data: dict, where: str = "$") -> T:
+    return _from_dict(cls, data, where)
+
+
+def load_versioned(cls: type[T], path: str | os.PathLike, version: int) -> T:
+    """Read a JSON document written by `write_json_atomic` and check its version field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AutosegError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AutosegError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise AutosegError(f"{path}: expected a JSON object")
+    found = data.get("version")
+    if found != version:
+        raise AutosegError(f"{path}: {cls.__name__} version {found!r} is not supported (expected {version})")
+    return from_dict(cls, data, where=str(path))
+
+
+def json_schema(cls, title: str | None = None) -> dict:
+    """JSON Schema (draft 2020-12) for a dataclass, from its type hints."""
+    defs: dict[str, dict] = {}
+    root = _schema_for(cls, defs)
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": title or cls.__name__}
+    schema.update(defs.pop(cls.__name__))
+    if defs:
+        schema["$defs"] = dict(sorted(defs.items()))
+    del root
+    return schema
+
+
+def _schema_for(tp, defs: dict) -> dict:
+    if tp is Any:
+        return {}
+    if _is_union(tp):
+        return {"anyOf": [_schema_for(a, defs) for a in get_args(tp)]}
+    if tp is type(None):
+        return {"type": "null"}
+    if dataclasses.is_dataclass(tp):
+        name = tp.__name__
+        if name not in defs:
+            defs[name] = {}  # placeholder breaks recursion
+            hints = get_type_hints(tp)
+            props, required = {}, []
+            for f in dataclasses.fields(tp):
+                props[f.name] = _schema_for(hints[f.name], defs)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    required.append(f.name)
+            doc = (tp.__doc__ or "").strip().splitlines()
+            entry = {"type": "object"}
+            if doc and not doc[0].startswith(name + "("):
+                entry["description"] = doc[0]
+            entry.update({"properties": props, "required": required, "additionalProperties": False})
+            defs[name] = entry
+        return {"$ref": f"#/$defs/{name}"}
+    origin = get_origin(tp)
+    if origin in (list, tuple):
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return {"type": "array", "prefixItems": [_schema_for(a, defs) for a in args],
+                    "minItems": len(args), "maxItems": len(args)}
+        return {"type": "array", "items": _schema_for(args[0], defs) if args else {}}
+    if origin is dict:
+        _, vt = get_args(tp) or (str, Any)
+        return {"type": "object", "additionalProperties": _schema_for(vt, defs)}
+    if origin is typing.Literal:
+        return {"enum": list(get_args(tp))}
+    return {float: {"type": "number"}, int: {"type": "integer"}, bool: {"type": "boolean"},
+            str: {"type": "string"}}[tp]

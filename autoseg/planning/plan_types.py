@@ -1,0 +1,92 @@
+"""The plan: every decision downstream steps need, as typed, versioned JSON."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from autoseg.jsonio import load_versioned, write_json_atomic
+
+PLAN_VERSION = 1
+CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+NormalizationScheme = Literal["ct", "zscore", "none", "rescale_0_1"]
+
+
+@dataclass
+class ChannelNormalization:
+    """How one input channel is normalized; CT carries the dataset-wide clip range and statistics."""
+
+    channel: str
+    scheme: NormalizationScheme
+    use_nonzero_mask: bool
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass
+class Resampling:
+    """Interpolation used when resampling to a configuration's spacing."""
+
+    image_order: int = 3
+    label_method: Literal["onehot_linear"] = "onehot_linear"
+    # Above this max/min spacing ratio the coarse axis is resampled separately.
+    anisotropy_threshold: float = 3.0
+    coarse_axis_order: int = 0
+
+
+@dataclass
+class Configuration:
+    """One trainable configuration: its grid, patch, batch and network topology (axes already transposed)."""
+
+    name: str
+    data_identifier: str
+    spacing: list[float]
+    median_shape: list[float]
+    patch_size: list[int]
+    batch_size: int
+    num_pools_per_axis: list[int]
+    pool_strides: list[list[int]]  # one entry per stage; stage 0 is all ones
+    conv_kernels: list[list[int]]  # one entry per stage
+    features_per_stage: list[int]
+    convs_per_stage_encoder: list[int]
+    convs_per_stage_decoder: list[int]
+    batch_dice: bool
+    estimated_feature_map_voxels: int
+    previous_stage: str | None = None
+    next_stage: str | None = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.patch_size)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.pool_strides)
+
+
+@dataclass
+class Plan:
+    """Output of `autoseg plan`: read by preprocessing, training and prediction, never re-derived."""
+
+    version: int
+    dataset_name: str
+    fingerprint_file: str
+    gpu_memory_gb: float
+    transpose_forward: list[int]
+    transpose_backward: list[int]
+    original_median_spacing: list[float]  # after transpose
+    original_median_shape: list[float]  # after transpose, after crop
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    normalization: list[ChannelNormalization]
+    resampling: Resampling
+    configurations: dict[str, Configuration] = field(default_factory=dict)
+
+
+def save_plan(plan: Plan, path) -> None:
+    write_json_atomic(path, plan)
+
+
+def load_plan(path) -> Plan:
+    return load_versioned(Plan, path, PLAN_VERSION)

@@ -1,0 +1,144 @@
+"""From a fingerprint to a plan: spacing, transpose, configurations with patch, batch and topology."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.errors import AutosegError
+from autoseg.fingerprint import Fingerprint
+from autoseg.planning.memory import feature_map_voxels, reference_budget
+from autoseg.planning.normalization import plan_normalization
+from autoseg.planning.plan_types import CONFIGURATION_NAMES, PLAN_VERSION, Configuration, Plan, Resampling
+from autoseg.planning.spacing import resampled_shape, target_spacing, transpose_for
+from autoseg.planning.topology import pool_and_conv_layout
+
+BASE_FEATURES = 32
+MAX_FEATURES = {2: 512, 3: 320}
+CONVS_PER_STAGE = 2
+MIN_BATCH_SIZE = 2
+MAX_DATASET_FRACTION_PER_BATCH = 0.05
+LOWRES_WHEN_PATCH_COVERS_BELOW = 0.25
+LOWRES_SPACING_STEP = 1.03
+LOWRES_MIN_SHRINK = 2.0
+# Starting patch volume, before clipping to the median shape and shrinking to the budget.
+INITIAL_PATCH_EDGE = {2: 2048, 3: 256}
+
+
+def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, gpu_memory_gb) -> Configuration:
+    """Largest aspect-correct patch that fits the memory budget, then the batch that fills it."""
+    ndim = len(spacing)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    median_shape = np.asarray(median_shape, dtype=np.float64)
+    max_features = MAX_FEATURES[ndim]
+
+    def features(n_stages):
+        return [min(max_features, BASE_FEATURES * 2 ** i) for i in range(n_stages)]
+
+    def estimate(topo):
+        return feature_map_voxels(topo.patch_size, topo.pool_strides, features(len(topo.pool_strides)), num_classes,
+                                  CONVS_PER_STAGE)
+
+    aspect = 1.0 / spacing
+    edge = INITIAL_PATCH_EDGE[ndim]
+    initial = [round(a) for a in aspect * (edge ** ndim / np.prod(aspect)) ** (1.0 / ndim)]
+    initial = [min(i, m) for i, m in zip(initial, median_shape)]
+    topo = pool_and_conv_layout(spacing, initial)
+    voxels = estimate(topo)
+    reference, ref_batch = reference_budget(ndim, gpu_memory_gb)
+    # The reference was measured at ref_batch samples; require room for the minimum batch.
+    while voxels / ref_batch * MIN_BATCH_SIZE > reference:
+        patch = list(topo.patch_size)
+        axis = int(np.argsort([p / m for p, m in zip(patch, median_shape)])[-1])
+        # Step by the divisibility that the *smaller* patch will need, so no valid size is skipped.
+        trial = list(patch)
+        trial[axis] -= topo.divisible_by[axis]
+        patch[axis] -= pool_and_conv_layout(spacing, trial).divisible_by[axis]
+        topo = pool_and_conv_layout(spacing, patch)
+        voxels = estimate(topo)
+    batch = round(reference / voxels * ref_batch)
+    cap = round(n_voxels_dataset * MAX_DATASET_FRACTION_PER_BATCH / np.prod(topo.patch_size, dtype=np.float64))
+    batch = max(min(batch, cap), MIN_BATCH_SIZE)
+    n_stages = len(topo.pool_strides)
+    return Configuration(
+        name=name, data_identifier=name, spacing=[float(s) for s in spacing],
+        median_shape=[float(m) for m in median_shape], patch_size=[int(p) for p in topo.patch_size],
+        batch_size=int(batch), num_pools_per_axis=topo.num_pools_per_axis, pool_strides=topo.pool_strides,
+        conv_kernels=topo.conv_kernels, features_per_stage=features(n_stages),
+        convs_per_stage_encoder=[CONVS_PER_STAGE] * n_stages, convs_per_stage_decoder=[CONVS_PER_STAGE] * (n_stages - 1),
+        batch_dice=False, estimated_feature_map_voxels=int(voxels))
+
+
+def _lowres(fullres: Configuration, median_shape, num_classes, num_cases, gpu_memory_gb) -> Configuration | None:
+    """Coarsen the spacing in small steps until a patch covers enough of the (smaller) median image."""
+    fullres_spacing = np.asarray(fullres.spacing)
+    median_shape = np.asarray(median_shape, dtype=np.float64)
+    median_voxels = float(np.prod(median_shape))
+    patch_voxels = float(np.prod(fullres.patch_size))
+    spacing = fullres_spacing.copy()
+    lowres = None
+    while patch_voxels / median_voxels < LOWRES_WHEN_PATCH_COVERS_BELOW:
+        ratio = spacing.max() / spacing
+        if np.any(ratio > 2):  # bring the fine axes towards the coarse one first
+            spacing[ratio > 2] *= LOWRES_SPACING_STEP
+        else:
+            spacing *= LOWRES_SPACING_STEP
+        shape = fullres_spacing / spacing * median_shape
+        median_voxels = float(np.prod(shape))
+        lowres = _configuration("3d_lowres", spacing, [round(s) for s in shape], num_classes,
+                                median_voxels * num_cases, gpu_memory_gb)
+        patch_voxels = float(np.prod(lowres.patch_size))
+    if lowres is None or np.prod(median_shape) / median_voxels < LOWRES_MIN_SHRINK:
+        return None
+    return lowres
+
+
+def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
+                    configurations: tuple[str, ...] = CONFIGURATION_NAMES,
+                    fingerprint_file: str | Path = "fingerprint.json") -> Plan:
+    """Decide spacing, transpose, normalization and each requested configuration."""
+    unknown = [c for c in configurations if c not in CONFIGURATION_NAMES]
+    if unknown:
+        raise AutosegError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGURATION_NAMES)}")
+    if gpu_memory_gb <= 0:
+        raise AutosegError(f"--gpu-memory must be positive, got {gpu_memory_gb}")
+    if not fingerprint.cases:
+        raise AutosegError(f"{fingerprint_file}: fingerprint has no cases")
+    spacings, shapes = fingerprint.spacings, fingerprint.shapes_after_crop
+    fullres_spacing = target_spacing(spacings, shapes)
+    forward, backward = transpose_for(fullres_spacing)
+    new_shapes = [resampled_shape(shape, sp, fullres_spacing) for sp, shape in zip(spacings, shapes)]
+    median_shape = np.median(np.array(new_shapes, dtype=np.float64), axis=0)[forward]
+    spacing_t = fullres_spacing[forward]
+    num_classes = len(fingerprint.labels)
+    num_cases = len(fingerprint.cases)
+    n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * num_cases)
+
+    configs: dict[str, Configuration] = {}
+    if median_shape[0] != 1:  # a dataset of single slices has no 3D configuration
+        fullres = _configuration("3d_fullres", spacing_t, median_shape, num_classes, n_voxels_dataset, gpu_memory_gb)
+        lowres = _lowres(fullres, median_shape, num_classes, num_cases, gpu_memory_gb)
+        fullres.batch_dice = lowres is not None
+        if lowres is not None:
+            lowres.batch_dice = False
+            lowres.next_stage = "3d_cascade_fullres"
+            cascade = Configuration(**{**fullres.__dict__, "name": "3d_cascade_fullres",
+                                       "previous_stage": "3d_lowres"})
+            configs.update({"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade})
+        else:
+            configs["3d_fullres"] = fullres
+    two_d = _configuration("2d", spacing_t[1:], median_shape[1:], num_classes, n_voxels_dataset, gpu_memory_gb)
+    two_d.batch_dice = True
+    configs["2d"] = two_d
+
+    chosen = {name: configs[name] for name in CONFIGURATION_NAMES if name in configs and name in configurations}
+    if "3d_cascade_fullres" in chosen and "3d_lowres" not in chosen:
+        chosen["3d_lowres"] = configs["3d_lowres"]  # the cascade cannot run without its first stage
+    chosen = {name: chosen[name] for name in CONFIGURATION_NAMES if name in chosen}
+    return Plan(
+        version=PLAN_VERSION, dataset_name=fingerprint.dataset_name, fingerprint_file=str(fingerprint_file),
+        gpu_memory_gb=float(gpu_memory_gb), transpose_forward=forward, transpose_backward=backward,
+        original_median_spacing=[float(s) for s in np.median(spacings, axis=0)[forward]],
+        original_median_shape=[float(s) for s in np.median(shapes, axis=0)[forward]],
+        channel_names=dict(fingerprint.channel_names), labels=dict(fingerprint.labels),
+        normalization=plan_normalization(fingerprint), resampling=Resampling(), configurations=chosen)

@@ -1,0 +1,66 @@
+"""The `autoseg plan` step: dataset folder (or an existing fingerprint) -> fingerprint.json + plan.json."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoseg.fingerprint import compute_fingerprint, load_fingerprint, save_fingerprint
+from autoseg.planning.plan_types import CONFIGURATION_NAMES, Plan, save_plan
+from autoseg.planning.planner import plan_experiment
+
+FINGERPRINT_FILE = "fingerprint.json"
+PLAN_FILE = "plan.json"
+
+
+def default_output_dir(dataset_dir: str | os.PathLike) -> Path:
+    """The working folder beside the dataset: /data/Dataset004_X -> /data/Dataset004_X.autoseg"""
+    dataset_dir = Path(dataset_dir).resolve()
+    return dataset_dir.with_name(dataset_dir.name + ".autoseg")
+
+
+@dataclass
+class PlanResult:
+    output_dir: Path
+    fingerprint_path: Path
+    plan_path: Path
+    plan: Plan
+
+
+def plan_dataset(dataset_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
+                 fingerprint_path: str | os.PathLike | None = None, workers: int | None = None,
+                 gpu_memory_gb: float = 8.0, configurations=CONFIGURATION_NAMES,
+                 progress: bool = True) -> PlanResult:
+    """Fingerprint the dataset (unless a fingerprint is given) and write the plan.
+
+    Nothing is written unless the whole dataset validates; both files are written atomically.
+    """
+    if (dataset_dir is None) == (fingerprint_path is None):
+        raise ValueError("give exactly one of dataset_dir and fingerprint_path")
+    if fingerprint_path is not None:
+        fingerprint_path = Path(fingerprint_path)
+        fingerprint = load_fingerprint(fingerprint_path)
+        output_dir = Path(output_dir) if output_dir is not None else fingerprint_path.parent
+    else:
+        output_dir = Path(output_dir) if output_dir is not None else default_output_dir(dataset_dir)
+        fingerprint = compute_fingerprint(dataset_dir, workers=workers, progress=progress)
+    plan = plan_experiment(fingerprint, gpu_memory_gb, tuple(configurations), fingerprint_file=FINGERPRINT_FILE)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    out_fingerprint = output_dir / FINGERPRINT_FILE
+    if fingerprint_path is None or out_fingerprint.resolve() != fingerprint_path.resolve():
+        save_fingerprint(fingerprint, out_fingerprint)
+    plan_path = output_dir / PLAN_FILE
+    save_plan(plan, plan_path)
+    return PlanResult(output_dir, out_fingerprint, plan_path, plan)
+
+
+def describe_plan(plan: Plan) -> str:
+    """A short table of the planned configurations for the terminal."""
+    lines = [f"dataset {plan.dataset_name}: transpose {plan.transpose_forward}, "
+             f"normalization {', '.join(f'{n.channel}={n.scheme}' + ('(masked)' if n.use_nonzero_mask else '') for n in plan.normalization)}"]
+    lines.append(f"{'configuration':<20}{'spacing':<26}{'patch':<18}{'batch':>6}{'stages':>8}  pools/axis")
+    for name, c in plan.configurations.items():
+        spacing = "x".join(f"{s:.3g}" for s in c.spacing)
+        patch = "x".join(str(p) for p in c.patch_size)
+        lines.append(f"{name:<20}{spacing:<26}{patch:<18}{c.batch_size:>6}{c.num_stages:>8}  {c.num_pools_per_axis}")
+    return "\n".join(lines)

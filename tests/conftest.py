@@ -1,0 +1,92 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HIPPOCAMPUS = SHARED_DATA / "Dataset004_Hippocampus"
+
+
+def require_data(path: Path) -> Path:
+    """Skip (or fail, under CI's AUTOSEG_REQUIRE_DATA=1) when real data is not beside the repo."""
+    if path.exists():
+        return path
+    message = f"real data not found at {path} (clone with ../shared/data beside the repo to run this test)"
+    if os.environ.get("AUTOSEG_REQUIRE_DATA") == "1":
+        pytest.fail(message + "; AUTOSEG_REQUIRE_DATA=1 makes this an error")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def hippocampus_dir() -> Path:
+    return require_data(HIPPOCAMPUS)
+
+
+def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                direction=None) -> Path:
+    """Write an array given in internal (z, y, x) order with spacing in the same order."""
+    image = sitk.GetImageFromArray(array, isVector=False)
+    dim = image.GetDimension()
+    sp = list(spacing)[::-1] if dim == len(spacing) else list(spacing)[::-1] + [1.0] * (dim - len(spacing))
+    image.SetSpacing([float(s) for s in sp[:dim]])
+    image.SetOrigin([float(o) for o in (list(origin) + [0.0] * dim)[:dim]])
+    if direction is not None:
+        image.SetDirection([float(d) for d in direction])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def synthetic_case(rng: np.random.Generator, shape=(12, 16, 14), n_channels=1, n_labels=2):
+    """Images with a bright blob labelled 1 (and a second labelled 2), zero padding at the border."""
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    centre = np.array(shape) / 2 + rng.uniform(-1, 1, 3)
+    r = np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2)
+    label = np.zeros(shape, np.uint8)
+    label[r < 3.5] = 1
+    if n_labels >= 2:
+        label[(r < 3.5) & (xx > centre[2])] = 2
+    images = []
+    for c in range(n_channels):
+        img = rng.normal(100 + 50 * c, 10, shape).astype(np.float32) + 80 * (label > 0)
+        img[:1] = 0  # a zero border so cropping to nonzero has something to remove
+        images.append(img)
+    return images, label
+
+
+def write_nnunet_dataset(root: Path, n_cases=4, n_channels=1, shape=(12, 16, 14), spacing=(2.0, 1.0, 1.0),
+                         ending=".nii.gz", channel_names=None, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    channel_names = channel_names or {str(c): ("MRI" if c == 0 else f"MR{c}") for c in range(n_channels)}
+    for i in range(n_cases):
+        images, label = synthetic_case(rng, shape, n_channels)
+        for c, img in enumerate(images):
+            write_image(root / "imagesTr" / f"case_{i:03d}_{c:04d}{ending}", img, spacing)
+        write_image(root / "labelsTr" / f"case_{i:03d}{ending}", label, spacing)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": channel_names, "labels": {"background": 0, "a": 1, "b": 2},
+        "numTraining": n_cases, "file_ending": ending, "name": "Synthetic"}))
+    return root
+
+
+def write_msd_dataset(root: Path, n_cases=4, n_channels=2, shape=(12, 16, 14), spacing=(2.0, 1.0, 1.0), seed=0):
+    """The same voxels as write_nnunet_dataset(seed) but as MSD: 4D image files, value->name labels."""
+    rng = np.random.default_rng(seed)
+    training = []
+    for i in range(n_cases):
+        images, label = synthetic_case(rng, shape, n_channels)
+        name = f"case_{i:03d}.nii.gz"
+        stacked = np.stack(images) if n_channels > 1 else images[0]
+        write_image(root / "imagesTr" / name, stacked, spacing)
+        write_image(root / "labelsTr" / name, label, spacing)
+        # MSD tarballs carry macOS resource forks; they must be ignored
+        (root / "imagesTr" / f"._{name}").write_bytes(b"\x00junk")
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "Synthetic", "modality": {str(c): ("MRI" if c == 0 else f"MR{c}") for c in range(n_channels)},
+        "labels": {"0": "background", "1": "a", "2": "b"}, "numTraining": n_cases, "training": training}))
+    return root
