@@ -1,0 +1,30 @@
+"""JSON Schemas of plan.json and fingerprint.json, derived from the dataclasses.
+
+`python -m autoseg.planning.schema plans/` rewrites the committed copies; a test
+fails when they fall out of date.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from autoseg.fingerprint import Fingerprint
+from autoseg.jsonio import json_schema, write_text_atomic
+from autoseg.planning.plan_types import Plan
+
+SCHEMA_FILES = {"schema.json": (Plan, "autoseg plan.json"),
+                "fingerprint.schema.json": (Fingerprint, "autoseg fingerprint.json")}
+
+
+def schemas() -> dict[str, dict]:
+    return {name: json_schema(cls, title) for name, (cls, title) in SCHEMA_FILES.items()}
+
+
+def write_schemas(folder: str | Path) -> None:
+    for name, schema in schemas().items():
+        write_text_atomic(Path(folder) / name, json.dumps(schema, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    write_schemas(sys.argv[1] if len(sys.argv) > 1 else "plans")
