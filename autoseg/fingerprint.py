@@ -6,9 +6,7 @@ capped so the pooled statistics stay bounded whatever the dataset size.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
 import zlib
 from dataclasses import dataclass, field
 
@@ -18,6 +16,7 @@ from autoseg.dataset import Dataset, load_dataset, read_case
 from autoseg.dataset.layout import Case
 from autoseg.errors import DatasetInvalid
 from autoseg.jsonio import load_versioned, write_json_atomic
+from autoseg.parallel import default_workers, map_cases
 
 FINGERPRINT_VERSION = 1
 SAMPLING_SEED = 1234
@@ -89,10 +88,6 @@ def load_fingerprint(path) -> Fingerprint:
     return load_versioned(Fingerprint, path, FINGERPRINT_VERSION)
 
 
-def default_workers() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
 def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
     """[start, stop) per spatial axis of the voxels nonzero in any channel; whole image if none.
 
@@ -137,27 +132,6 @@ def _pool_stats(samples: list[np.ndarray]) -> IntensityStats:
     p005, p50, p995 = np.percentile(values, [0.5, 50.0, 99.5])
     return IntensityStats(float(values.mean()), float(values.std()), float(p50), float(values.min()),
                           float(values.max()), float(p005), float(p995), int(values.size))
-
-
-def map_cases(function, tasks: list, workers: int, progress: bool, desc: str):
-    """Yield function(task) for each task, in order, using worker processes when workers > 1."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(tasks), desc=desc, unit="case", disable=not progress, file=sys.stderr, leave=False)
-    try:
-        if workers <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                yield function(task)
-                bar.update()
-            return
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(min(workers, len(tasks))) as pool:
-            chunk = max(1, min(8, len(tasks) // (4 * workers)))
-            for result in pool.imap(function, tasks, chunksize=chunk):
-                yield result
-                bar.update()
-    finally:
-        bar.close()
 
 
 def compute_fingerprint(dataset: Dataset | str | os.PathLike, workers: int | None = None,

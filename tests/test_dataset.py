@@ -203,3 +203,24 @@ def test_load_dataset_raises_with_all_header_problems(good):
     with pytest.raises(DatasetInvalid) as info:
         load_dataset(good)
     assert len(info.value.problems) == 2
+
+
+def test_nifti_geometry_matches_itk_for_oblique_and_flipped_directions(tmp_path):
+    """nibabel reads NIfTI; its geometry must equal SimpleITK's (the convention of every other format)."""
+    from scipy.spatial.transform import Rotation
+
+    from autoseg.dataset.image_io import _read_itk, read_image
+
+    rng = np.random.default_rng(0)
+    array = rng.normal(size=(5, 6, 7)).astype(np.float32)
+    flips = np.diag([-1.0, 1.0, -1.0])
+    for i, matrix in enumerate([np.eye(3), flips, Rotation.from_euler("xyz", [20, -35, 50], degrees=True).as_matrix(),
+                                np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float)]):
+        path = write_image(tmp_path / f"g{i}.nii.gz", array, spacing=(3.0, 0.7, 0.8), origin=(10.0, -20.5, 33.0),
+                           direction=matrix.ravel())
+        a, g = read_image(path)
+        b, h = _read_itk(path)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(g.spacing, h.spacing, atol=1e-6)
+        np.testing.assert_allclose(g.origin, h.origin, atol=1e-4)
+        np.testing.assert_allclose(g.direction, h.direction, atol=1e-6)
