@@ -32,7 +32,28 @@ def _cmd_plan(args) -> int:
                           tuple(args.configs), progress=not args.quiet)
     print(describe_plan(result.plan))
     print(f"wrote {result.fingerprint_path} and {result.plan_path}")
+    if args.preprocess:
+        return _report_preprocess(args, result.output_dir, None)
     return 0
+
+
+def _report_preprocess(args, output_dir, configs) -> int:
+    from autoseg.preprocessing import preprocess_dataset
+
+    result = preprocess_dataset(output_dir, configs, args.workers, getattr(args, "force", False),
+                                progress=not args.quiet)
+    for problem in result.failed:
+        print(problem, file=sys.stderr)
+    folders = ", ".join(sorted({str(f) for f in result.folders.values()}))
+    print(f"preprocessed {result.processed} case(s), {result.skipped} already up to date -> {folders}")
+    if result.failed:
+        print(f"autoseg: error: {len(result.failed)} problem(s); the other cases were preprocessed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_preprocess(args) -> int:
+    return _report_preprocess(args, args.output_dir, args.configs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="GPU memory budget the patch and batch size are sized for (default: 8)")
     plan.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=list(CONFIGURATION_NAMES),
                       metavar="NAME", help=f"configurations to plan (default: all that apply; {', '.join(CONFIGURATION_NAMES)})")
+    plan.add_argument("--preprocess", action="store_true", help="preprocess all planned configurations afterwards")
     plan.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     plan.set_defaults(func=_cmd_plan)
+
+    pre = sub.add_parser(
+        "preprocess", help="turn a planned dataset into training-ready cases",
+        description="Transpose, crop to nonzero, normalize and resample every case as plan.json says, into "
+                    "OUTPUT_DIR/preprocessed/<configuration>/. Reruns skip cases that are already up to date, "
+                    "so an interrupted run continues where it stopped.")
+    pre.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder with plan.json (written by autoseg plan)")
+    pre.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=None, metavar="NAME",
+                     help="configurations to preprocess (default: all in the plan)")
+    pre.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: CPU count, max 8)")
+    pre.add_argument("--force", action="store_true", help="redo every case, even those up to date")
+    pre.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pre.set_defaults(func=_cmd_preprocess)
     return parser
 
 

@@ -36,22 +36,35 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: Any, compact: bool = False) -> None:
+    """Indented for documents people read; compact (and much faster) for large machine files."""
     if dataclasses.is_dataclass(obj):
         obj = to_dict(obj)
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=2)
+    write_text_atomic(path, text + "\n")
 
 
 def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
+        if all(type(v) in (int, float, str) for v in obj):
+            return list(obj)
+        if all(type(v) is list and all(type(x) in (int, float) for x in v) for v in obj):
+            return [list(v) for v in obj]
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
         return {str(k): to_dict(v) for k, v in obj.items()}
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalars
         return obj.item()
     return obj
+
+
+_PLAIN = {
+    int: lambda v: type(v) is int,
+    float: lambda v: type(v) in (int, float),
+    str: lambda v: type(v) is str,
+}
 
 
 def _is_union(tp) -> bool:
@@ -88,6 +101,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 raise AutosegError(f"{where}: expected {len(args)} items, got {len(value)}")
             return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
+        if item in _PLAIN and all(_PLAIN[item](v) for v in value):  # fast path: long coordinate lists
+            out = [float(v) for v in value] if item is float else list(value)
+            return tuple(out) if origin is tuple else out
+        inner = get_args(item)[0] if get_origin(item) is list and get_args(item) else None
+        if inner in _PLAIN and all(type(v) is list and all(_PLAIN[inner](x) for x in v) for v in value):
+            return [[float(x) for x in v] if inner is float else v for v in value]
         out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:

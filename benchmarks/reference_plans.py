@@ -1,6 +1,6 @@
 """Regenerate plans/reference/: synthetic fingerprints, nnU-Net v2's plans for them, autoseg's plans.
 
-    .venv/bin/python benchmarks/reference_plans.py [--data ../shared/data/Dataset004_Hippocampus]
+    .venv/bin/python benchmarks/reference_plans.py [--data ../shared/data/Dataset004_Hippocampus] [--autoseg-only]
 
 Runs nnU-Net v2 (own venv under /tmp, created on demand) on
   - the real Hippocampus data (its own fingerprint extraction + planning), and
@@ -24,7 +24,7 @@ from nnunet_compare import deliberate, differences  # noqa: E402
 from nnunet_env import run_nnunet  # noqa: E402
 
 from autoseg.fingerprint import (FINGERPRINT_VERSION, CaseFingerprint, Fingerprint, IntensityStats,  # noqa: E402
-                                 compute_fingerprint, save_fingerprint)
+                                 compute_fingerprint, load_fingerprint, save_fingerprint)
 from autoseg.jsonio import to_dict, write_json_atomic  # noqa: E402
 from autoseg.planning import plan_experiment  # noqa: E402
 
@@ -123,7 +123,14 @@ def record(name: str, fp: Fingerprint, nnunet_plans: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "Dataset004_Hippocampus")
+    parser.add_argument("--autoseg-only", action="store_true",
+                        help="only rewrite autoseg's plans from the committed fingerprints (no nnU-Net run)")
     args = parser.parse_args()
+    if args.autoseg_only:
+        for path in sorted((REFERENCE / "fingerprints").glob("*.json")):
+            nnunet = json.loads((REFERENCE / "nnunet" / path.stem / "nnUNetPlans.json").read_text())
+            record(path.stem, load_fingerprint(path), nnunet)
+        return
     for sub in ("fingerprints", "nnunet", "autoseg"):
         shutil.rmtree(REFERENCE / sub, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="autoseg-ref-") as tmp:

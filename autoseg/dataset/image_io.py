@@ -125,3 +125,56 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     if file_ending(path) in (".nii", ".nii.gz"):
         return _read_nifti(path)
     return _read_itk(path)
+
+
+def nifti_header_bytes(path: str | Path) -> bytes | None:
+    """The raw NIfTI header of a .nii/.nii.gz file (None for other formats)."""
+    if file_ending(path) not in (".nii", ".nii.gz"):
+        return None
+    import nibabel as nib
+
+    return nib.load(str(path)).header.binaryblock
+
+
+def _temp_path(path: Path) -> Path:
+    import os
+
+    # keep the ending: it selects the writer (and compression)
+    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def write_image_like(array: np.ndarray, path: str | Path, spacing, origin, direction,
+                     nifti_header: bytes | None = None) -> None:
+    """Write a (z, y, x) array with the given geometry, atomically.
+
+    For NIfTI output with the source's header, the header is reused as is (qform, sform,
+    their codes, units, pixdim and the rest), so the geometry is bit-identical; only the
+    data type, shape and scaling are updated.
+    """
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        if nifti_header is not None and file_ending(path) in (".nii", ".nii.gz"):
+            import nibabel as nib
+
+            header_class = nib.Nifti1Header if len(nifti_header) == 348 else nib.Nifti2Header
+            header = header_class(binaryblock=nifti_header)
+            header.set_data_dtype(array.dtype)
+            header.set_data_shape(array.shape[::-1])
+            header.set_slope_inter(1.0, 0.0)
+            image_class = nib.Nifti1Image if header_class is nib.Nifti1Header else nib.Nifti2Image
+            image = image_class(np.ascontiguousarray(array.transpose(2, 1, 0)), None, header)
+            nib.save(image, str(tmp))
+        else:
+            image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
+            image.SetSpacing([float(s) for s in list(spacing)[::-1]])
+            image.SetOrigin([float(o) for o in origin])
+            image.SetDirection([float(d) for d in direction])
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -123,7 +123,7 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
             lowres.batch_dice = False
             lowres.next_stage = "3d_cascade_fullres"
             cascade = Configuration(**{**fullres.__dict__, "name": "3d_cascade_fullres",
-                                       "previous_stage": "3d_lowres"})
+                                       "previous_stage": "3d_lowres", "data_identifier": "3d_fullres"})
             configs.update({"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade})
         else:
             configs["3d_fullres"] = fullres

@@ -1,0 +1,106 @@
+"""One case through the plan (transpose, crop, normalize, resample) and back again."""
+from __future__ import annotations
+
+import base64
+import zlib
+
+import numpy as np
+
+from autoseg.dataset.image_io import write_image_like
+from autoseg.dataset.validation import CaseData
+from autoseg.planning.plan_types import Plan
+from autoseg.preprocessing.crop import OUTSIDE, crop_to_nonzero
+from autoseg.preprocessing.normalize import normalize
+from autoseg.preprocessing.properties import PROPERTIES_VERSION, CaseProperties, SourceGeometry
+from autoseg.preprocessing.resample import (axis_kernels, resample_image, resample_label, resample_volume,
+                                            resampled_shape, separate_coarse_axis)
+
+KERNEL_OF_ORDER = {0: "nearest", 1: "linear", 3: "cubic"}
+CLASS_LOCATIONS_PER_CLASS = 10_000
+LOCATION_SEED = 1234
+
+
+def configuration_spacing(plan: Plan, configuration: str, spacing) -> list[float]:
+    """3D target spacing of a configuration; 2d keeps each case's own spacing along the first axis."""
+    target = list(plan.configurations[configuration].spacing)
+    return target if len(target) == 3 else [float(spacing[0])] + target
+
+
+def _kernels(plan: Plan, old_spacing, new_spacing, kernel: str) -> list[str]:
+    coarse = separate_coarse_axis(old_spacing, new_spacing, plan.resampling.anisotropy_threshold)
+    return axis_kernels(kernel, coarse, KERNEL_OF_ORDER[plan.resampling.coarse_axis_order])
+
+
+def class_locations(label: np.ndarray, values, case_id: str, cap: int = CLASS_LOCATIONS_PER_CLASS):
+    """Up to `cap` random voxel coordinates per foreground class (fixed seed per case), as flat z, y, x triples."""
+    rng = np.random.default_rng([LOCATION_SEED, zlib.crc32(case_id.encode())])
+    out = {}
+    flat = label.ravel()
+    for value in values:
+        if value <= 0:
+            continue
+        index = np.flatnonzero(flat == value)
+        if index.size > cap:
+            index = np.sort(rng.choice(index, cap, replace=False))
+        out[str(value)] = np.stack(np.unravel_index(index, label.shape), axis=1).ravel().tolist()
+    return out
+
+
+def preprocess_case(case: CaseData, plan: Plan, configuration: str, signature: str = "",
+                    file_format: str = ".nii.gz", nifti_header: bytes | None = None):
+    """Returns (image (C, z, y, x) float32, label (z, y, x) int8/int16 or None, CaseProperties)."""
+    forward = plan.transpose_forward
+    image = case.image.transpose([0] + [a + 1 for a in forward])
+    label = case.label.transpose(forward) if case.label is not None else None
+    spacing = [float(case.geometry.spacing[a]) for a in forward]
+    shape_before = list(image.shape[1:])
+    image, label, mask, bbox = crop_to_nonzero(image, label)
+    shape_after_crop = list(image.shape[1:])
+    image = normalize(image, plan.normalization, mask)
+    target = configuration_spacing(plan, configuration, spacing)
+    new_shape = resampled_shape(shape_after_crop, spacing, target)
+    order = plan.resampling.image_order
+    image = resample_image(image, new_shape, _kernels(plan, spacing, target, KERNEL_OF_ORDER[order]))
+    locations = {}
+    if label is not None:
+        label = resample_label(label, new_shape, _kernels(plan, spacing, target, "linear"))
+        locations = class_locations(label, sorted(plan.labels.values()), case.case_id)
+    g = case.geometry
+    source = SourceGeometry(list(case.image.shape[1:]), list(g.spacing), list(g.origin), list(g.direction), file_format,
+                            base64.b64encode(nifti_header).decode() if nifti_header else None)
+    props = CaseProperties(PROPERTIES_VERSION, case.case_id, configuration, signature, source, spacing, target,
+                           shape_before, bbox, shape_after_crop, list(new_shape), locations)
+    return image, label, props
+
+
+def _uncrop_and_untranspose(volume: np.ndarray, props: CaseProperties, plan: Plan, fill) -> np.ndarray:
+    full = np.full(props.shape_before_crop, fill, dtype=volume.dtype)
+    full[tuple(slice(a, b) for a, b in props.bbox)] = volume
+    return full.transpose(plan.transpose_backward)
+
+
+def restore_label(label: np.ndarray, props: CaseProperties, plan: Plan) -> np.ndarray:
+    """A label map on the preprocessed grid -> the source scan's (z, y, x) grid."""
+    label = np.where(label == OUTSIDE, 0, label).astype(np.uint8 if label.max(initial=0) < 256 else np.int16)
+    kernels = _kernels(plan, props.target_spacing, props.spacing, "linear")
+    label = resample_label(label, props.shape_after_crop, kernels)
+    return _uncrop_and_untranspose(label, props, plan, 0)
+
+
+def restore_probabilities(probabilities: np.ndarray, props: CaseProperties, plan: Plan) -> np.ndarray:
+    """(C, grid) class probabilities on the preprocessed grid -> (C, source grid); background is 1 outside the crop."""
+    kernels = _kernels(plan, props.target_spacing, props.spacing, "linear")
+    out = []
+    for c, channel in enumerate(probabilities):
+        channel = resample_volume(channel.astype(np.float32), props.shape_after_crop, kernels)
+        out.append(_uncrop_and_untranspose(channel, props, plan, 1.0 if c == 0 else 0.0))
+    return np.stack(out)
+
+
+def write_like_source(array: np.ndarray, props: CaseProperties, path) -> None:
+    """Write a (z, y, x) array restored to the source grid with the source's exact geometry."""
+    s = props.source
+    if list(array.shape) != list(s.shape):
+        raise ValueError(f"array shape {array.shape} is not the source shape {tuple(s.shape)}")
+    header = base64.b64decode(s.nifti_header_b64) if s.nifti_header_b64 else None
+    write_image_like(array, path, s.spacing, s.origin, s.direction, header)
