@@ -11,14 +11,14 @@ from autoseg.errors import AutosegError
 from autoseg.fingerprint import compute_fingerprint, load_fingerprint
 from autoseg.planning import load_plan
 from autoseg.planning.run import default_output_dir
-from autoseg.planning.schema import schemas
+from autoseg.schemas import schemas
 from conftest import REPO, write_nnunet_dataset
 
 
 def test_committed_schemas_are_up_to_date():
     for name, schema in schemas().items():
         committed = json.loads((REPO / "plans" / name).read_text())
-        assert committed == schema, f"plans/{name} is stale: run python -m autoseg.planning.schema plans"
+        assert committed == schema, f"plans/{name} is stale: run python -m autoseg.schemas plans"
 
 
 @pytest.fixture
@@ -129,3 +129,13 @@ def test_cli_end_to_end_on_hippocampus(hippocampus_dir, tmp_path, capsys):
     assert full.spacing == [1.0, 1.0, 1.0] and full.patch_size == [40, 56, 40] and full.batch_size == 7
     assert list(plan.configurations) == ["2d", "3d_fullres"]
     assert plan.normalization[0].scheme == "zscore"
+
+
+def test_properties_files_validate_against_committed_schema(planned):
+    _, out = planned
+    assert main(["preprocess", str(out), "-q", "--workers", "1"]) == 0
+    schema = schemas()["properties.schema.json"]
+    files = list((out / "preprocessed").glob("*/*.json"))
+    assert files
+    for path in files:
+        jsonschema.validate(json.loads(path.read_text()), schema)

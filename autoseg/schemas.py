@@ -1,7 +1,8 @@
-"""JSON Schemas of plan.json and fingerprint.json, derived from the dataclasses.
+"""JSON Schemas of plan.json, fingerprint.json and the preprocessed cases' properties,
+derived from the dataclasses.
 
-`python -m autoseg.planning.schema plans/` rewrites the committed copies; a test
-fails when they fall out of date.
+`python -m autoseg.schemas plans/` rewrites the committed copies; a test fails when they
+fall out of date.
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 from autoseg.fingerprint import Fingerprint
 from autoseg.jsonio import json_schema, write_text_atomic
 from autoseg.planning.plan_types import Plan
+from autoseg.preprocessing.properties import CaseProperties
 
 SCHEMA_FILES = {"schema.json": (Plan, "autoseg plan.json"),
-                "fingerprint.schema.json": (Fingerprint, "autoseg fingerprint.json")}
+                "fingerprint.schema.json": (Fingerprint, "autoseg fingerprint.json"),
+                "properties.schema.json": (CaseProperties, "autoseg preprocessed case properties")}
 
 
 def schemas() -> dict[str, dict]:
