@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/autoseg plan autoseg/demo/Dataset004_Hippocampus24 -o $(DEMO_OUT)/Dataset004_Hippocampus24
+	$(BIN)/autoseg plan autoseg/demo/Dataset004_Hippocampus24 -o $(DEMO_OUT)/Dataset004_Hippocampus24 --preprocess
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

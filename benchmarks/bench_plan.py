@@ -4,7 +4,7 @@
 
 Both run as fresh processes (imports count for both) with the same number of worker
 processes; nnU-Net's time is nnUNetv2_extract_fingerprint + nnUNetv2_plan_experiment.
-Peak memory is the largest summed RSS of each tool's process tree. Prints the median of
+Peak memory is the largest summed PSS (proportional set size) of each tool's process tree. Prints the median of
 the repeats and the ratios autoseg / nnU-Net.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def run_nnunet(data: Path, work: Path, workers: int) -> Measurement:
     env = nnunet_env(raw, pre, res)
     fp = run_measured([str(VENV / "bin" / "nnUNetv2_extract_fingerprint"), "-d", dataset_id, "-np", str(workers)], env)
     plan = run_measured([str(VENV / "bin" / "nnUNetv2_plan_experiment"), "-d", dataset_id], env)
-    return Measurement(fp.wall_s + plan.wall_s, max(fp.peak_rss_mb, plan.peak_rss_mb))
+    return Measurement(fp.wall_s + plan.wall_s, max(fp.peak_mb, plan.peak_mb))
 
 
 def main() -> None:
@@ -53,12 +53,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
             ours.append(run_autoseg(args.data, Path(tmp) / "autoseg", args.workers))
             theirs.append(run_nnunet(args.data, Path(tmp) / "nnunet", args.workers))
-        print(f"run {i + 1}: autoseg {ours[-1].wall_s:.2f} s {ours[-1].peak_rss_mb:.0f} MB | "
-              f"nnU-Net {theirs[-1].wall_s:.2f} s {theirs[-1].peak_rss_mb:.0f} MB", flush=True)
+        print(f"run {i + 1}: autoseg {ours[-1].wall_s:.2f} s {ours[-1].peak_mb:.0f} MB | "
+              f"nnU-Net {theirs[-1].wall_s:.2f} s {theirs[-1].peak_mb:.0f} MB", flush=True)
     a_wall = statistics.median(m.wall_s for m in ours)
     n_wall = statistics.median(m.wall_s for m in theirs)
-    a_mem = statistics.median(m.peak_rss_mb for m in ours)
-    n_mem = statistics.median(m.peak_rss_mb for m in theirs)
+    a_mem = statistics.median(m.peak_mb for m in ours)
+    n_mem = statistics.median(m.peak_mb for m in theirs)
     print(f"\ndataset: {args.data.name}, workers: {args.workers}, repeats: {args.repeats} (medians)")
     print(f"{'':10}{'wall s':>10}{'peak MB':>10}")
     print(f"{'autoseg':10}{a_wall:>10.2f}{a_mem:>10.0f}")

@@ -8,7 +8,7 @@ nnUNetv2_plan_experiment); each timed step preprocesses a fresh copy of the plan
 (autoseg preprocess / nnUNetv2_preprocess) as a fresh process with the same number of workers.
 Part "hippocampus": 3d_fullres + 2d in one command, then each config alone. Part "ct": one
 synthetic 512x512x400 CT case that must be resampled, plus two small ones (synthetic_ct.py),
-3d_fullres only. Peak memory is the largest summed RSS of the process tree. Prints medians of
+3d_fullres only. Peak memory is the largest summed PSS (proportional set size) of the process tree. Prints medians of
 the repeats and the ratios autoseg / nnU-Net (targets: wall <= 1/3, peak memory <= 1/2).
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def bench_part(data: Path, variants: list[list[str]], workers: int, repeats: int
                     for v in variants:
                         m = preprocess(v, Path(tmp) / "+".join(v))
                         out[tool]["+".join(v)].append(m)
-                        print(f"run {i + 1} {tool:8} {'+'.join(v):16} {m.wall_s:8.2f} s {m.peak_rss_mb:7.0f} MB",
+                        print(f"run {i + 1} {tool:8} {'+'.join(v):16} {m.wall_s:8.2f} s {m.peak_mb:7.0f} MB",
                               flush=True)
                 except RuntimeError as e:
                     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -94,7 +94,7 @@ def report(part: str, data: Path, variants: list[list[str]], res: dict, args) ->
                 print(f"{v:18}{tool:10}  {res[tool]}")
             else:
                 runs = res[tool][v]
-                med[tool] = (statistics.median(m.wall_s for m in runs), statistics.median(m.peak_rss_mb for m in runs))
+                med[tool] = (statistics.median(m.wall_s for m in runs), statistics.median(m.peak_mb for m in runs))
                 print(f"{v:18}{tool:10}{med[tool][0]:>10.2f}{med[tool][1]:>10.0f}")
         if len(med) == 2:
             (aw, am), (nw, nm) = med["autoseg"], med["nnU-Net"]

@@ -1,4 +1,9 @@
-"""Wall time and peak memory of a command and all its child processes (Linux /proc, stdlib only)."""
+"""Wall time and peak memory of a command and all its child processes (Linux /proc, stdlib only).
+
+Memory is the sum of PSS over the process tree: summing RSS would count the pages that
+forked workers share with their parent once per worker (nnU-Net forks 12 such processes
+with torch loaded, which RSS inflates ~10x).
+"""
 from __future__ import annotations
 
 import os
@@ -10,7 +15,7 @@ from dataclasses import dataclass
 @dataclass
 class Measurement:
     wall_s: float
-    peak_rss_mb: float  # peak of the summed RSS of the process tree, sampled every 20 ms
+    peak_mb: float  # peak of the summed PSS of the process tree, sampled every 20 ms
 
 
 def _children(pid: int) -> list[int]:
@@ -25,10 +30,11 @@ def _children(pid: int) -> list[int]:
 
 
 def _rss_kb(pid: int) -> int:
+    """Proportional set size: pages shared by forked workers count once in the sum, not once per process."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith("Pss:"):
                     return int(line.split()[1])
     except OSError:
         pass

@@ -47,15 +47,19 @@ def axis_matrix(n_in: int, n_out: int, kernel: str) -> scipy.sparse.csr_matrix:
     return matrix
 
 
+def _apply(matrix: scipy.sparse.csr_matrix, array: np.ndarray, axis: int) -> np.ndarray:
+    moved = np.moveaxis(array, axis, 0)
+    rest = moved.shape[1:]
+    flat = np.ascontiguousarray(moved, dtype=np.float32).reshape(moved.shape[0], -1)
+    out = matrix @ flat
+    return np.moveaxis(out.reshape((matrix.shape[0],) + rest), 0, axis)
+
+
 def resample_axis(array: np.ndarray, axis: int, n_out: int, kernel: str) -> np.ndarray:
     n_in = array.shape[axis]
     if n_in == n_out:
         return array
-    moved = np.moveaxis(array, axis, 0)
-    rest = moved.shape[1:]
-    flat = np.ascontiguousarray(moved, dtype=np.float32).reshape(n_in, -1)
-    out = axis_matrix(n_in, n_out, kernel) @ flat
-    return np.moveaxis(out.reshape((n_out,) + rest), 0, axis)
+    return _apply(axis_matrix(n_in, n_out, kernel), array, axis)
 
 
 def separate_coarse_axis(old_spacing, new_spacing, threshold: float) -> int | None:
@@ -71,13 +75,44 @@ def axis_kernels(kernel: str, coarse_axis: int | None, coarse_kernel: str, ndim:
     return [coarse_kernel if a == coarse_axis else kernel for a in range(ndim)]
 
 
+# Output voxels computed per block; bounds the temporaries whatever the volume size.
+BLOCK_VOXELS = 4 * 2 ** 20
+
+
+def _blocks(shape, new_shape, kernel: str):
+    """Output slabs along axis 0, each with the input rows it needs and the rows of the axis-0 matrix.
+
+    Yields (out_start, out_stop, in_start, in_stop, matrix or None). Blocking along the first
+    axis keeps every input slab a contiguous view, and the other axes see whole planes.
+    """
+    step = max(1, BLOCK_VOXELS // max(1, int(new_shape[1]) * int(new_shape[2])))
+    full = axis_matrix(shape[0], int(new_shape[0]), kernel) if shape[0] != new_shape[0] else None
+    for start in range(0, int(new_shape[0]), step):
+        stop = min(int(new_shape[0]), start + step)
+        if full is None:
+            yield start, stop, start, stop, None
+            continue
+        rows = full[start:stop]
+        lo, hi = int(rows.indices.min()), int(rows.indices.max()) + 1
+        yield start, stop, lo, hi, rows[:, lo:hi]
+
+
+def _resample_slab(slab: np.ndarray, matrix, new_shape, kernels) -> np.ndarray:
+    slab = slab.astype(np.float32, copy=False) if matrix is None else _apply(matrix, slab, 0)
+    for axis in (1, 2):
+        slab = resample_axis(slab, axis, int(new_shape[axis]), kernels[axis])
+    return slab
+
+
 def resample_volume(volume: np.ndarray, new_shape, kernels: list[str]) -> np.ndarray:
-    """Resample a 3D float volume to new_shape, shrinking axes first to keep the work small."""
-    order = sorted(range(volume.ndim), key=lambda a: new_shape[a] / volume.shape[a])
-    out = volume
-    for axis in order:
-        out = resample_axis(out, axis, int(new_shape[axis]), kernels[axis])
-    return np.ascontiguousarray(out, dtype=np.float32)
+    """Resample a 3D volume to new_shape (float32), one slab of output at a time."""
+    new_shape = tuple(int(s) for s in new_shape)
+    if tuple(volume.shape) == new_shape:
+        return np.asarray(volume, dtype=np.float32)
+    out = np.empty(new_shape, dtype=np.float32)
+    for start, stop, lo, hi, matrix in _blocks(volume.shape, new_shape, kernels[0]):
+        out[start:stop] = _resample_slab(volume[lo:hi], matrix, new_shape, kernels)
+    return out
 
 
 def resample_image(image: np.ndarray, new_shape, kernels: list[str]) -> np.ndarray:
@@ -90,19 +125,27 @@ def resample_image(image: np.ndarray, new_shape, kernels: list[str]) -> np.ndarr
 def resample_label(label: np.ndarray, new_shape, kernels: list[str]) -> np.ndarray:
     """Label map resampled through its one-hot encoding (linear), then argmax.
 
-    One class at a time keeps memory at two float volumes whatever the number of classes;
-    ties go to the lower label value.
+    Slab by slab and one class at a time, so memory stays at the output label map plus small
+    temporaries whatever the number of classes; ties go to the lower label value.
     """
-    if tuple(label.shape) == tuple(new_shape):
+    new_shape = tuple(int(s) for s in new_shape)
+    if tuple(label.shape) == new_shape:
         return label
-    best_value = np.full(tuple(new_shape), -np.inf, dtype=np.float32)
-    result = np.zeros(tuple(new_shape), dtype=label.dtype)
-    for value in np.unique(label):
-        score = resample_volume((label == value).astype(np.float32), new_shape, kernels)
-        better = score > best_value
-        result[better] = value
-        best_value = np.maximum(best_value, score)
-    return result
+    values = np.unique(label)
+    out = np.empty(new_shape, dtype=label.dtype)
+    for start, stop, lo, hi, matrix in _blocks(label.shape, new_shape, kernels[0]):
+        slab = label[lo:hi]
+        best = None
+        for value in values:
+            score = _resample_slab((slab == value).astype(np.float32), matrix, new_shape, kernels)
+            if best is None:
+                best, block = score, np.full(score.shape, value, dtype=label.dtype)
+            else:
+                better = score > best
+                block[better] = value
+                np.maximum(best, score, out=best)
+        out[start:stop] = block
+    return out
 
 
 def resampled_shape(shape, spacing, new_spacing) -> list[int]:
