@@ -88,19 +88,23 @@ def load_fingerprint(path) -> Fingerprint:
     return load_versioned(Fingerprint, path, FINGERPRINT_VERSION)
 
 
-def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
-    """[start, stop) per spatial axis of the voxels nonzero in any channel; whole image if none.
-
-    Filling holes in the mask (as the crop for normalization does) cannot change its
-    bounding box, so it is skipped here.
-    """
-    mask = np.any(image != 0, axis=0)
+def bbox_of(mask: np.ndarray) -> list[list[int]]:
+    """[start, stop) per axis of the True voxels; the whole array when there are none."""
     bbox = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)
         hits = np.flatnonzero(mask.any(axis=other))
         bbox.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, mask.shape[axis]])
     return bbox
+
+
+def nonzero_bbox(image: np.ndarray) -> list[list[int]]:
+    """Bounding box of the voxels nonzero in any channel of (C, z, y, x).
+
+    Filling holes in the mask (as the crop for normalization does) cannot change its
+    bounding box, so it is skipped here.
+    """
+    return bbox_of(np.any(image != 0, axis=0))
 
 
 def _fingerprint_case(task: tuple[Dataset, Case, int]):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import Measurement, run_measured  # noqa: E402
-from nnunet_env import VENV, ensure_nnunet, nnunet_env  # noqa: E402
+from nnunet_env import ensure_nnunet, fingerprint_and_plan_commands, link_raw_dataset, nnunet_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,14 +28,9 @@ def run_autoseg(data: Path, out: Path, workers: int) -> Measurement:
 
 
 def run_nnunet(data: Path, work: Path, workers: int) -> Measurement:
-    raw, pre, res = work / "raw", work / "preprocessed", work / "results"
-    for d in (raw, pre, res):
-        d.mkdir(parents=True)
-    (raw / data.name).symlink_to(data.resolve())
-    dataset_id = str(int(data.name[len("Dataset"):len("Dataset") + 3]))
+    raw, pre, res, dataset_id = link_raw_dataset(data, work)
     env = nnunet_env(raw, pre, res)
-    fp = run_measured([str(VENV / "bin" / "nnUNetv2_extract_fingerprint"), "-d", dataset_id, "-np", str(workers)], env)
-    plan = run_measured([str(VENV / "bin" / "nnUNetv2_plan_experiment"), "-d", dataset_id], env)
+    fp, plan = (run_measured(cmd, env) for cmd in fingerprint_and_plan_commands(dataset_id, workers))
     return Measurement(fp.wall_s + plan.wall_s, max(fp.peak_mb, plan.peak_mb))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import Measurement, run_measured  # noqa: E402
-from nnunet_env import VENV, ensure_nnunet, nnunet_env  # noqa: E402
+from nnunet_env import VENV, ensure_nnunet, nnunet_env, fingerprint_and_plan_commands, link_raw_dataset  # noqa: E402
 from synthetic_ct import write_ct_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,14 +45,10 @@ def plan_autoseg(data: Path, work: Path, workers: int):
 
 def plan_nnunet(data: Path, work: Path, workers: int):
     """Untimed fingerprint + plan; return preprocess(configs, fresh_dir) -> Measurement."""
-    raw, planned, results = work / "raw", work / "planned", work / "results"
-    for d in (raw, planned, results):
-        d.mkdir(parents=True)
-    (raw / data.name).symlink_to(data.resolve())
-    dataset_id = str(int(data.name[len("Dataset"):len("Dataset") + 3]))
+    raw, planned, results, dataset_id = link_raw_dataset(data, work, "planned")
     env = nnunet_env(raw, planned, results)
-    run_measured([str(VENV / "bin" / "nnUNetv2_extract_fingerprint"), "-d", dataset_id, "-np", str(workers)], env)
-    run_measured([str(VENV / "bin" / "nnUNetv2_plan_experiment"), "-d", dataset_id], env)
+    for cmd in fingerprint_and_plan_commands(dataset_id, workers):
+        run_measured(cmd, env)
 
     def preprocess(configs: list[str], fresh: Path) -> Measurement:
         shutil.copytree(planned, fresh)

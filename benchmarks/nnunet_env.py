@@ -71,3 +71,17 @@ def run_nnunet(args: list[str], raw, preprocessed, results, **kw) -> subprocess.
         tail = "\n".join((proc.stderr or "").splitlines()[-30:])
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{tail}")
     return proc
+
+
+def link_raw_dataset(data: Path, work: Path, preprocessed_name: str = "preprocessed") -> tuple[Path, Path, Path, str]:
+    """nnU-Net's three folders under `work`, the dataset linked into raw; returns (raw, preprocessed, results, id)."""
+    raw, pre, res = work / "raw", work / preprocessed_name, work / "results"
+    for d in (raw, pre, res):
+        d.mkdir(parents=True, exist_ok=True)
+    (raw / data.name).symlink_to(Path(data).resolve())
+    return raw, pre, res, str(int(data.name[len("Dataset"):len("Dataset") + 3]))
+
+
+def fingerprint_and_plan_commands(dataset_id: str, workers: int) -> list[list[str]]:
+    return [[str(VENV / "bin" / "nnUNetv2_extract_fingerprint"), "-d", dataset_id, "-np", str(workers)],
+            [str(VENV / "bin" / "nnUNetv2_plan_experiment"), "-d", dataset_id]]

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nnunet_compare import deliberate, differences  # noqa: E402
-from nnunet_env import run_nnunet  # noqa: E402
+from nnunet_env import link_raw_dataset, run_nnunet  # noqa: E402
 
 from autoseg.fingerprint import (FINGERPRINT_VERSION, CaseFingerprint, Fingerprint, IntensityStats,  # noqa: E402
                                  compute_fingerprint, load_fingerprint, save_fingerprint)
@@ -97,10 +97,7 @@ def nnunet_plan_from_fingerprint(fp: Fingerprint, dataset_id: int, work: Path) -
 
 
 def nnunet_plan_from_data(data: Path, work: Path) -> tuple[dict, dict]:
-    raw, pre, res = work / "raw", work / "preprocessed", work / "results"
-    (raw).mkdir(parents=True)
-    (raw / data.name).symlink_to(data.resolve())
-    dataset_id = str(int(data.name[len("Dataset"):len("Dataset") + 3]))
+    raw, pre, res, dataset_id = link_raw_dataset(data, work)
     run_nnunet(["nnUNetv2_extract_fingerprint", "-d", dataset_id, "-np", "2"], raw, pre, res)
     run_nnunet(["nnUNetv2_plan_experiment", "-d", dataset_id], raw, pre, res)
     return (json.loads((pre / data.name / "dataset_fingerprint.json").read_text()),

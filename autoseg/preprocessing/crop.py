@@ -4,21 +4,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 
+from autoseg.fingerprint import bbox_of
+
 OUTSIDE = -1  # label value of voxels outside the nonzero region: the loss ignores them
 
 
 def nonzero_mask(image: np.ndarray) -> np.ndarray:
     """Voxels nonzero in any channel, holes filled (dark tissue inside the body stays inside)."""
     return binary_fill_holes(np.any(image != 0, axis=0))
-
-
-def bbox_of(mask: np.ndarray) -> list[list[int]]:
-    bbox = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        bbox.append([int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, mask.shape[axis]])
-    return bbox
 
 
 def crop_to_nonzero(image: np.ndarray, label: np.ndarray | None):
