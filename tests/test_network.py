@@ -1,0 +1,70 @@
+"""The U-Net built from plans: output shapes for 2D, 3D and anisotropic topologies; deep supervision."""
+import json
+
+import pytest
+import torch
+
+from autoseg.fingerprint import load_fingerprint
+from autoseg.planning import plan_experiment
+from autoseg.training.network import build_network, deep_supervision_weights
+from conftest import REPO
+
+REFERENCE = REPO / "plans" / "reference"
+
+
+def planned(name):
+    return plan_experiment(load_fingerprint(REFERENCE / "fingerprints" / f"{name}.json"))
+
+
+def test_hippocampus_3d_outputs_every_decoder_resolution():
+    config = planned("Dataset004_Hippocampus").configurations["3d_fullres"]
+    net = build_network(config, in_channels=1, num_classes=3).train()
+    x = torch.randn(2, 1, *config.patch_size)
+    outputs = net(x)
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 40, 56, 40), (2, 3, 20, 28, 20), (2, 3, 10, 14, 10)]
+    net.eval()
+    with torch.no_grad():
+        assert tuple(net(x).shape) == (2, 3, 40, 56, 40)
+
+
+def test_anisotropic_plan_keeps_thick_axis_until_it_is_pooled():
+    config = planned("Dataset901_SynthProstate").configurations["3d_fullres"]
+    assert config.pool_strides[1] == [1, 2, 2] and config.conv_kernels[0] == [1, 3, 3]
+    net = build_network(config, in_channels=2, num_classes=3).train()
+    first_conv = net.encoder[0][0][0]
+    assert tuple(first_conv.kernel_size) == (1, 3, 3) and tuple(first_conv.padding) == (0, 1, 1)
+    size = [2 * 2 ** p for p in config.num_pools_per_axis]  # a 2-voxel bottleneck: instance norm needs > 1 voxel
+    outputs = net(torch.randn(1, 2, *size))
+    assert tuple(outputs[0].shape) == (1, 3, *size)
+    assert tuple(outputs[1].shape) == (1, 3, size[0], size[1] // 2, size[2] // 2)  # first pool is in-plane only
+
+
+def test_2d_plan_with_six_pools():
+    config = planned("Dataset905_SynthCTSlices2D").configurations["2d"]
+    net = build_network(config, in_channels=1, num_classes=3, deep_supervision=False).eval()
+    with torch.no_grad():
+        assert tuple(net(torch.randn(1, 1, 128, 128)).shape) == (1, 3, 128, 128)
+    assert len(net.encoder) == 7 and net.encoder[-1][0][0].out_channels == 512
+
+
+def test_features_follow_the_plan_and_skips_concatenate():
+    config = planned("Dataset004_Hippocampus").configurations["3d_fullres"]
+    net = build_network(config, in_channels=1, num_classes=3)
+    assert [stage[0][0].out_channels for stage in net.encoder] == config.features_per_stage
+    assert [stage[0][0].in_channels for stage in net.decoder] == [2 * f for f in config.features_per_stage[-2::-1]]
+
+
+def test_he_initialization_scale():
+    config = planned("Dataset004_Hippocampus").configurations["3d_fullres"]
+    conv = build_network(config, 1, 3).encoder[2][1][0]
+    fan_in = conv.in_channels * 27
+    expected = (2 / (1 + 0.01 ** 2) / fan_in) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_deep_supervision_weights():
+    assert deep_supervision_weights(1) == [1.0]
+    w = deep_supervision_weights(4)  # 1, 1/2, 1/4, 0 normalized
+    assert w == pytest.approx([1 / 1.75, 0.5 / 1.75, 0.25 / 1.75, 0.0])
+    assert sum(w) == pytest.approx(1.0)
