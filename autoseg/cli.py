@@ -33,14 +33,14 @@ def _cmd_plan(args) -> int:
     print(describe_plan(result.plan))
     print(f"wrote {result.fingerprint_path} and {result.plan_path}")
     if args.preprocess:
-        return _report_preprocess(args, result.output_dir, None)
+        return _report_preprocess(args, result.output_dir, None, force=False)
     return 0
 
 
-def _report_preprocess(args, output_dir, configs) -> int:
+def _report_preprocess(args, output_dir, configs, force: bool) -> int:
     from autoseg.preprocessing import preprocess_dataset
 
-    result = preprocess_dataset(output_dir, configs, args.workers, getattr(args, "force", False),
+    result = preprocess_dataset(output_dir, configs, args.workers, force,
                                 progress=not args.quiet)
     for problem in result.failed:
         print(problem, file=sys.stderr)
@@ -53,7 +53,7 @@ def _report_preprocess(args, output_dir, configs) -> int:
 
 
 def _cmd_preprocess(args) -> int:
-    return _report_preprocess(args, args.output_dir, args.configs)
+    return _report_preprocess(args, args.output_dir, args.configs, args.force)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,10 +5,10 @@ in plans/ can never drift from the classes: tests regenerate it and compare.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -19,21 +19,29 @@ from autoseg.errors import AutosegError
 T = TypeVar("T")
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target."""
+TEMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temp path beside `path` (same ending, so writers pick the same format); on
+    success it is renamed over `path`, on failure removed. A killed process leaves at most a
+    TEMP_PREFIX file, never a half-written target."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, compact: bool = False) -> None:
@@ -177,12 +185,11 @@ def load_versioned(cls: type[T], path: str | os.PathLike, version: int) -> T:
 def json_schema(cls, title: str | None = None) -> dict:
     """JSON Schema (draft 2020-12) for a dataclass, from its type hints."""
     defs: dict[str, dict] = {}
-    root = _schema_for(cls, defs)
+    _schema_for(cls, defs)
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": title or cls.__name__}
     schema.update(defs.pop(cls.__name__))
     if defs:
         schema["$defs"] = dict(sorted(defs.items()))
-    del root
     return schema
 
 

@@ -1,6 +1,4 @@
 """The U-Net built from plans: output shapes for 2D, 3D and anisotropic topologies; deep supervision."""
-import json
-
 import pytest
 import torch
 

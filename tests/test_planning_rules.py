@@ -50,8 +50,11 @@ def test_topology_lone_axis_needs_three_times_min_edge():
 def test_memory_model_hand_computed():
     # stage sizes 8^3 and 4^3; encoder 2*32*512 + 2*64*64, decoder 2*32*512 + 32*512 (transposed conv) + 3*512
     assert feature_map_voxels([8, 8, 8], [[1, 1, 1], [2, 2, 2]], [32, 64], num_classes=3) == 91648
-    deep = feature_map_voxels([8, 8, 8], [[1, 1, 1], [2, 2, 2]], [32, 64], num_classes=3, deep_supervision=True)
-    assert deep == 91648  # one decoder level: the only head is the full-resolution one
+    # three stages (8^3, 4^3, 2^3): encoder 2*32*512 + 2*64*64 + 2*128*8 = 43008; decoder at 4^3:
+    # 2*64*64 + 64*64 = 12288; at 8^3: 50688 as above; deep supervision adds a 3*64 head at 4^3
+    strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    assert feature_map_voxels([8, 8, 8], strides, [32, 64, 128], num_classes=3) == 105984
+    assert feature_map_voxels([8, 8, 8], strides, [32, 64, 128], num_classes=3, deep_supervision=True) == 106176
 
 
 def test_target_spacing_median_when_isotropic():

@@ -1,7 +1,6 @@
 """Preprocessing forward and its inverse: round trips, geometry bit-exactness, normalization, resumability."""
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 
 from autoseg.cli import main
 from autoseg.dataset import load_dataset, read_case
-from autoseg.dataset.image_io import nifti_header_bytes, read_image
+from autoseg.dataset.image_io import nifti_header_bytes
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.planning import load_plan, plan_experiment
 from autoseg.planning.plan_types import ChannelNormalization

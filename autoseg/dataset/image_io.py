@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
+from autoseg.jsonio import atomic_path
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -50,26 +52,20 @@ def file_ending(path: str | Path) -> str | None:
     return None
 
 
-def geometry_from_affine(affine: np.ndarray) -> tuple[tuple[float, ...], Geometry]:
-    """ITK-convention geometry of a NIfTI affine (RAS) for an array in internal (z, y, x) order.
-
-    Returns the file-order spacing (i, j, k) too, for 2D/4D callers.
-    """
+def geometry_from_affine(affine: np.ndarray) -> Geometry:
+    """ITK-convention geometry of a NIfTI affine (RAS) for an array in internal (z, y, x) order."""
     linear = np.asarray(affine, dtype=np.float64)[:3, :3]
     spacing_ijk = np.sqrt((linear ** 2).sum(axis=0))
     direction_ras = linear / np.where(spacing_ijk > 0, spacing_ijk, 1.0)
     ras_to_lps = np.diag([-1.0, -1.0, 1.0])
     direction = ras_to_lps @ direction_ras
     origin = ras_to_lps @ np.asarray(affine, dtype=np.float64)[:3, 3]
-    geometry = Geometry(tuple(float(s) for s in spacing_ijk[::-1]), tuple(float(o) for o in origin),
-                        tuple(float(d) for d in direction.ravel()))
-    return tuple(float(s) for s in spacing_ijk), geometry
+    return Geometry(tuple(float(s) for s in spacing_ijk[::-1]), tuple(float(o) for o in origin),
+                    tuple(float(d) for d in direction.ravel()))
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     # nibabel, not ITK: ITK's NIfTI reader turns NaN voxels into 0, hiding corrupt data.
-    import nibabel as nib
-
     try:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
@@ -78,7 +74,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
         raise AutosegError(f"{path}: unreadable or truncated file ({detail[:160]})") from None
     if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector intent: (x, y, z, 1, c)
         data = data[:, :, :, 0, :]
-    _, geometry = geometry_from_affine(image.affine)
+    geometry = geometry_from_affine(image.affine)
     if data.ndim == 2:
         return np.ascontiguousarray(data.T), geometry
     if data.ndim == 3:
@@ -131,16 +127,7 @@ def nifti_header_bytes(path: str | Path) -> bytes | None:
     """The raw NIfTI header of a .nii/.nii.gz file (None for other formats)."""
     if file_ending(path) not in (".nii", ".nii.gz"):
         return None
-    import nibabel as nib
-
     return nib.load(str(path)).header.binaryblock
-
-
-def _temp_path(path: Path) -> Path:
-    import os
-
-    # keep the ending: it selects the writer (and compression)
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
 
 
 def write_image_like(array: np.ndarray, path: str | Path, spacing, origin, direction,
@@ -151,15 +138,8 @@ def write_image_like(array: np.ndarray, path: str | Path, spacing, origin, direc
     their codes, units, pixdim and the rest), so the geometry is bit-identical; only the
     data type, shape and scaling are updated.
     """
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         if nifti_header is not None and file_ending(path) in (".nii", ".nii.gz"):
-            import nibabel as nib
-
             header_class = nib.Nifti1Header if len(nifti_header) == 348 else nib.Nifti2Header
             header = header_class(binaryblock=nifti_header)
             header.set_data_dtype(array.dtype)
@@ -174,7 +154,3 @@ def write_image_like(array: np.ndarray, path: str | Path, spacing, origin, direc
             image.SetOrigin([float(o) for o in origin])
             image.SetDirection([float(d) for d in direction])
             sitk.WriteImage(image, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -41,4 +41,5 @@ def transpose_for(spacing) -> tuple[list[int], list[int]]:
 
 
 def resampled_shape(shape, spacing, new_spacing) -> list[int]:
-    return [int(round(s * sp / nsp)) for s, sp, nsp in zip(shape, spacing, new_spacing)]
+    """Voxel counts of the same extent at new_spacing (at least one per axis)."""
+    return [max(1, int(round(s * sp / nsp))) for s, sp, nsp in zip(shape, spacing, new_spacing)]

@@ -12,8 +12,9 @@ from autoseg.planning.plan_types import Plan
 from autoseg.preprocessing.crop import OUTSIDE, crop_to_nonzero
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.properties import PROPERTIES_VERSION, CaseProperties, SourceGeometry
+from autoseg.planning.spacing import resampled_shape
 from autoseg.preprocessing.resample import (axis_kernels, resample_image, resample_label, resample_volume,
-                                            resampled_shape, separate_coarse_axis)
+                                            separate_coarse_axis)
 
 KERNEL_OF_ORDER = {0: "nearest", 1: "linear", 3: "cubic"}
 CLASS_LOCATIONS_PER_CLASS = 10_000

@@ -146,7 +146,3 @@ def resample_label(label: np.ndarray, new_shape, kernels: list[str]) -> np.ndarr
                 np.maximum(best, score, out=best)
         out[start:stop] = block
     return out
-
-
-def resampled_shape(shape, spacing, new_spacing) -> list[int]:
-    return [max(1, int(round(s * sp / nsp))) for s, sp, nsp in zip(shape, spacing, new_spacing)]

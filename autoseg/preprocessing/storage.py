@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.preprocessing.properties import CaseProperties, load_properties
 from autoseg.errors import AutosegError
-
-TEMP_PREFIX = ".tmp-"
+from autoseg.jsonio import TEMP_PREFIX, atomic_path
+from autoseg.preprocessing.properties import CaseProperties, load_properties
 
 
 def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
@@ -18,16 +17,10 @@ def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def remove_stale_temp_files(folder: Path) -> None:
