@@ -7,6 +7,7 @@ import sys
 from autoseg import __version__
 from autoseg.errors import AutosegError, DatasetInvalid
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
+from autoseg.training.options import TrainOptions
 
 
 def _positive_int(text: str) -> int:
@@ -56,6 +57,38 @@ def _cmd_preprocess(args) -> int:
     return _report_preprocess(args, args.output_dir, args.configs, args.force)
 
 
+def _duration(text: str) -> float:
+    from autoseg.training.schedule import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return seconds
+
+
+def _fold(text: str) -> str:
+    if text != "all" and not (text.isdigit()):
+        raise argparse.ArgumentTypeError(f"a fold number or 'all', got {text!r}")
+    return text
+
+
+def _cmd_train(args) -> int:
+    from autoseg.training.loop import train
+
+    options = TrainOptions(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                           validation_iterations=args.val_iterations, time_budget_s=args.time_budget,
+                           initial_lr=args.lr, warmup=args.warmup, batch_size=args.batch_size, seed=args.seed,
+                           precision=args.precision)
+    result = train(args.output_dir, args.fold, args.config, options, args.device, args.workers, args.resume,
+                   progress=not args.quiet, validate=not args.no_validation,
+                   checkpoint_every_s=args.checkpoint_every)
+    print(f"model: {result.model_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoseg", description="Self-configuring 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
@@ -93,6 +126,47 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true", help="redo every case, even those up to date")
     pre.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(func=_cmd_preprocess)
+
+    defaults = TrainOptions()
+    tr = sub.add_parser(
+        "train", help="train one fold of one configuration",
+        description="Train a U-Net on the preprocessed cases of one cross-validation fold, into "
+                    "OUTPUT_DIR/models/<config>/fold_<k>/. Rerunning the same command (or --resume) continues "
+                    "from the last checkpoint. Under torchrun, trains data-parallel on all processes.")
+    tr.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder with plan.json and preprocessed/")
+    tr.add_argument("--fold", type=_fold, default="0", help="fold 0-4 of splits.json, or 'all' (default: 0)")
+    tr.add_argument("--config", default="3d_fullres", choices=CONFIGURATION_NAMES, metavar="NAME",
+                    help="configuration to train (default: 3d_fullres)")
+    tr.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+                    help=f"epochs (default: {defaults.epochs})")
+    tr.add_argument("--iterations-per-epoch", type=_positive_int, default=defaults.iterations_per_epoch,
+                    metavar="N", help=f"training iterations per epoch (default: {defaults.iterations_per_epoch})")
+    tr.add_argument("--val-iterations", type=_positive_int, default=None, metavar="N",
+                    help="validation patches batches per epoch (default: a fifth of the training iterations)")
+    tr.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                    help="fit the whole schedule, learning-rate decay included, into this much training time "
+                         "(e.g. 30m, 2h) instead of a number of epochs")
+    tr.add_argument("--lr", type=_positive_float, default=defaults.initial_lr,
+                    help=f"initial learning rate (default: {defaults.initial_lr})")
+    tr.add_argument("--warmup", type=float, default=defaults.warmup, metavar="FRACTION",
+                    help="fraction of the schedule with a linear learning-rate warm-up (default: 0)")
+    tr.add_argument("--batch-size", type=_positive_int, default=None, help="override the plan's batch size")
+    tr.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: 0)")
+    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                    help="where to train (default: auto = cuda, else mps, else cpu)")
+    tr.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                    help="auto (default): fp16 mixed precision on CUDA, bf16 on CPUs with native bfloat16 "
+                         "(AVX512-BF16/AMX), else fp32")
+    tr.add_argument("--workers", type=int, default=None,
+                    help="augmentation worker processes (default: 1 on CPU, else CPU count - 1, max 12; 0 = none)")
+    tr.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                    help="write the latest checkpoint after an epoch, but not more often than this (default: 60)")
+    tr.add_argument("--resume", action="store_true",
+                    help="require a checkpoint to continue from (a plain rerun also continues)")
+    tr.add_argument("--no-validation", action="store_true",
+                    help="skip the final sliding-window validation of the fold's validation cases")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log echo")
+    tr.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -55,6 +55,8 @@ class Configuration:
     estimated_feature_map_voxels: int
     previous_stage: str | None = None
     next_stage: str | None = None
+    # Elastic deformation costs augmentation time for little gain on most datasets: a switch, off.
+    elastic_deformation: bool = False
 
     @property
     def ndim(self) -> int:

@@ -45,9 +45,11 @@ def downsample_target(target: torch.Tensor, size) -> torch.Tensor:
 
 def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor, weights: list[float],
                           batch_dice: bool) -> torch.Tensor:
-    """Weighted sum of dice_ce_loss over outputs (full resolution first); zero-weight outputs are skipped."""
+    """Weighted sum of dice_ce_loss over outputs (full resolution first); zero-weight outputs add nothing."""
     total = outputs[0].new_zeros(())
     for output, weight in zip(outputs, weights):
         if weight:
             total = total + weight * dice_ce_loss(output, downsample_target(target, output.shape[2:]), batch_dice)
+        else:  # keep the unused head in the graph: DistributedDataParallel expects a gradient for every parameter
+            total = total + 0.0 * torch.nan_to_num(output).sum()
     return total

@@ -1,0 +1,1 @@
+"""Evaluation: overlap metrics per case and class."""

@@ -1,0 +1,1 @@
+"""Inference: sliding-window prediction on preprocessed cases."""

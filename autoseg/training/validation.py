@@ -1,0 +1,65 @@
+"""End of training: sliding-window prediction of the fold's validation cases, back in each scan's own
+geometry, scored against the original label files -> validation/summary.json."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoseg.dataset import load_dataset, read_image
+from autoseg.evaluation.metrics import dice_per_class
+from autoseg.inference.sliding_window import predict_sliding_window
+from autoseg.jsonio import write_json_atomic
+from autoseg.planning.plan_types import Plan
+from autoseg.preprocessing.case import restore_probabilities, write_like_source
+from autoseg.preprocessing.storage import load_case
+
+SUMMARY = "summary.json"
+
+
+def _mean(values) -> float | None:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, dataset_dir: Path,
+                  case_ids: list[str], out_dir: Path, device: torch.device, amp_dtype=None, mirror: bool = True,
+                  progress: bool = True) -> dict:
+    """Predict, restore, write `<case><ending>` and score every case; returns (and writes) the summary."""
+    from tqdm import tqdm
+
+    config = plan.configurations[configuration]
+    labels = {name: value for name, value in plan.labels.items() if value > 0}
+    label_files = {case.case_id: case.label_file for case in load_dataset(dataset_dir).cases}
+    mirror_axes = tuple(range(config.ndim)) if mirror else ()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_case = []
+    for case_id in tqdm(case_ids, desc="validation", disable=not progress, dynamic_ncols=True):
+        image, _, props = load_case(preprocessed, case_id)
+        probabilities = predict_sliding_window(network, image, config.patch_size, len(plan.labels), device,
+                                               mirror_axes, amp_dtype)
+        restored = restore_probabilities(probabilities, props, plan)
+        segmentation = np.asarray(sorted(plan.labels.values()), dtype=np.uint8)[restored.argmax(0)]
+        write_like_source(segmentation, props, out_dir / f"{case_id}{props.source.file_format}")
+        reference, _ = read_image(label_files[case_id])
+        dice = dice_per_class(segmentation, reference, labels.values())
+        per_case.append({"case": case_id, "dice": {name: dice[value] for name, value in labels.items()}})
+    mean = {name: _mean([c["dice"][name] for c in per_case]) for name in labels}
+    summary = {"configuration": configuration, "num_cases": len(per_case), "mirroring": mirror,
+               "mean_dice": mean, "foreground_mean_dice": _mean([v for v in mean.values() if v is not None]),
+               "cases": per_case}
+    write_json_atomic(out_dir / SUMMARY, _json_safe(summary))
+    return summary
+
+
+def _json_safe(obj):
+    """NaN (label absent from prediction and reference) is not JSON: write null."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,273 @@
+"""Training on tiny synthetic data: sampler, augmentation, schedule, loop, resume, DDP."""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.errors import AutosegError
+from autoseg.preprocessing.crop import OUTSIDE
+from autoseg.training.augmentation import augmentation_settings, build_transforms, sample_size
+from autoseg.training.batches import TRAIN_STREAM, IndexedBatches
+from autoseg.training.distributed import Ranks, rank_batch_size
+from autoseg.training.sampler import Case, PatchSampler, crop_padded, enlarged_sample_size, foreground_count
+from autoseg.training.schedule import parse_duration, poly_lr
+
+from conftest import REPO, write_nnunet_dataset
+
+FAST = ["--precision", "fp32", "--workers", "0", "-q"]
+
+
+def _tiny_case(rng, shape=(30, 40, 36), blob=(20, 5, 30)):
+    """Mostly background with a single foreground voxel pair, so random patches rarely see it."""
+    image = rng.normal(size=(1, *shape)).astype(np.float32)
+    label = np.zeros(shape, np.int8)
+    label[blob] = 1
+    label[blob[0], blob[1] + 1, blob[2]] = 2
+    locations = {v: np.argwhere(label == v) for v in (1, 2)}
+    return Case(image, label, locations)
+
+
+def test_foreground_count_is_a_third_never_zero():
+    assert [foreground_count(b) for b in (1, 2, 3, 4, 7, 9, 12)] == [1, 1, 1, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 7])
+def test_every_batch_has_its_foreground_share_centred_on_foreground(batch_size):
+    rng = np.random.default_rng(0)
+    cases = [_tiny_case(rng, blob=(20, 5, 30)), _tiny_case(rng, blob=(2, 35, 3))]
+    patch = (8, 10, 12)
+    sampler = PatchSampler(cases, patch, patch)
+    centre = tuple(p // 2 for p in patch)
+    for _ in range(100):
+        seg = sampler.batch(rng, batch_size)["seg"][:, 0]
+        assert seg.shape == (batch_size, *patch)
+        forced = seg[batch_size - foreground_count(batch_size):]
+        assert all(s[centre] > 0 for s in forced)
+
+
+def test_random_patches_stay_inside_and_padding_is_ignored():
+    rng = np.random.default_rng(1)
+    case = _tiny_case(rng, shape=(6, 40, 36), blob=(3, 5, 30))
+    sampler = PatchSampler([case], (8, 10, 12), (8, 10, 12))  # first axis larger than the volume
+    batch = sampler.batch(rng, 6)
+    seg, data = batch["seg"][:, 0], batch["data"][:, 0]
+    assert ((seg == OUTSIDE).sum(axis=(2, 3)) > 0).sum(axis=1).tolist() == [2] * 6  # 2 padded slices each
+    assert np.all(data[seg == OUTSIDE] == 0)
+
+
+def test_crop_padded_matches_numpy_pad():
+    a = np.arange(5 * 6).reshape(5, 6)
+    out = crop_padded(a, (-2, 3), (4, 5), -1)
+    expected = np.pad(a, ((2, 0), (0, 2)), constant_values=-1)[0:4, 3:8]
+    assert np.array_equal(out, expected)
+
+
+def test_two_dimensional_sampling_takes_slices_with_foreground():
+    rng = np.random.default_rng(2)
+    case = _tiny_case(rng)
+    sampler = PatchSampler([case], (10, 12), (10, 12))
+    batch = sampler.batch(rng, 3)
+    assert batch["data"].shape == (3, 1, 10, 12)
+    assert batch["seg"][-1, 0, 5, 6] > 0
+
+
+def test_rank_shares_keep_a_foreground_sample_each():
+    shares = [rank_batch_size(3, Ranks(r, 2)) for r in range(2)]
+    assert shares == [2, 1]
+    assert all(foreground_count(s) >= 1 for s in shares)
+    assert rank_batch_size(1, Ranks(1, 4)) == 1
+
+
+def test_enlarged_sample_size():
+    assert enlarged_sample_size((20, 30), 0.0, 1.0) == [20, 30]
+    size = enlarged_sample_size((20, 20), math.pi / 4, 1.0)
+    assert size == [math.ceil(20 * math.sqrt(2))] * 2
+    assert enlarged_sample_size((20, 20), 0.0, 0.5) == [40, 40]
+
+
+def test_augmentation_returns_patch_sized_batches_with_valid_labels():
+    rng = np.random.default_rng(3)
+    for patch in ([16, 20, 20], [4, 24, 24], [20, 24]):
+        settings = augmentation_settings(patch)
+        assert settings.in_plane_only == (patch == [4, 24, 24])
+        size = sample_size(settings)
+        case = _tiny_case(rng, shape=(30, 40, 36))
+        sampler = PatchSampler([case], patch, size)
+        np.random.seed(0)
+        out = build_transforms(settings)(**sampler.batch(rng, 3))
+        assert out["data"].shape == (3, 1, *patch)
+        assert out["seg"].shape == (3, 1, *patch)
+        assert set(np.unique(out["seg"])) <= {OUTSIDE, 0, 1, 2}
+        assert np.isfinite(out["data"]).all()
+
+
+def test_schedule_and_durations():
+    assert poly_lr(0.01, 0.0) == pytest.approx(0.01)
+    assert poly_lr(0.01, 0.5) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 1.0) == 0.0
+    assert poly_lr(0.01, 0.05, warmup=0.1) == pytest.approx(0.01 * (0.05 + 1e-3) / 0.1)
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("90") == 90
+    with pytest.raises(ValueError):
+        parse_duration("thirty minutes")
+
+
+# ---- end to end on a tiny planned dataset ----
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    from autoseg.planning.run import plan_dataset
+    from autoseg.preprocessing import preprocess_dataset
+
+    root = tmp_path_factory.mktemp("train")
+    data = write_nnunet_dataset(root / "Dataset001_Syn", n_cases=6, shape=(16, 20, 18), spacing=(1.0, 1.0, 1.0))
+    out = root / "planned"
+    plan_dataset(data, out, workers=1, configurations=("2d", "3d_fullres"), progress=False)
+    preprocess_dataset(out, workers=1, progress=False)
+    return out
+
+
+def _copy(planned, tmp_path) -> Path:
+    dest = tmp_path / "out"
+    shutil.copytree(planned, dest)
+    return dest
+
+
+def _autoseg(*args, check=True, **kw):
+    proc = subprocess.run([sys.executable, "-m", "autoseg", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, **kw)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_training_reduces_the_loss_and_writes_the_model_folder(planned, tmp_path):
+    from autoseg.training.loop import train
+    from autoseg.training.options import TrainOptions
+
+    out = _copy(planned, tmp_path)
+    result = train(out, "0", "3d_fullres", TrainOptions(epochs=4, iterations_per_epoch=8, precision="fp32"),
+                   device="cpu", workers=1, progress=False)
+    metrics = [json.loads(line) for line in (result.model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert metrics[-1]["lr"] < metrics[0]["lr"]
+    assert set(metrics[0]["pseudo_dice"]) == {"a", "b"}
+    folder = result.model_dir
+    for name in ("plan.json", "options.json", "training.log", "checkpoint_final.pt", "checkpoint_best.pt"):
+        assert (folder / name).is_file(), name
+    assert not (folder / "checkpoint_latest.pt").exists()
+    assert (folder / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((folder / "validation" / "summary.json").read_text())
+    splits = json.loads((out / "splits.json").read_text())
+    assert [c["case"] for c in summary["cases"]] == splits[0]["val"]
+    assert all(0.0 <= c["dice"]["a"] <= 1.0 for c in summary["cases"])
+    written = sorted(p.name for p in (folder / "validation").glob("*.nii.gz"))
+    assert written == sorted(f"{c}.nii.gz" for c in splits[0]["val"])
+
+
+def test_two_dimensional_configuration_trains_and_validates(planned, tmp_path):
+    out = _copy(planned, tmp_path)
+    _autoseg("train", out, "--config", "2d", "--epochs", "1", "--iterations-per-epoch", "3", *FAST)
+    summary = json.loads((out / "models/2d/fold_0/validation/summary.json").read_text())
+    assert summary["configuration"] == "2d" and summary["num_cases"] == 2
+
+
+def _final_state(folder: Path) -> dict:
+    return torch.load(folder / "checkpoint_final.pt", weights_only=False)
+
+
+def test_killed_run_resumes_to_the_same_state_as_an_uninterrupted_one(planned, tmp_path):
+    args = ["--epochs", "6", "--iterations-per-epoch", "4", "--checkpoint-every", "0", "--no-validation", *FAST]
+    straight = _copy(planned, tmp_path / "a")
+    _autoseg("train", straight, *args)
+
+    killed = _copy(planned, tmp_path / "b")
+    metrics = killed / "models/3d_fullres/fold_0/metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "autoseg", "train", str(killed), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(metrics.read_text().splitlines()) < 6, "the run finished before it could be killed"
+    assert not (killed / "models/3d_fullres/fold_0/checkpoint_final.pt").exists()
+    _autoseg("train", killed, *args)
+
+    a, b = _final_state(straight / "models/3d_fullres/fold_0"), _final_state(killed / "models/3d_fullres/fold_0")
+    assert a["state"]["epoch"] == b["state"]["epoch"] == 6
+    assert a["state"]["iteration"] == b["state"]["iteration"] == 24
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    for key, value in a["optimizer"]["state"].items():
+        assert torch.allclose(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"], atol=1e-5)
+    for key, value in a["network"].items():
+        assert torch.allclose(value, b["network"][key], atol=1e-5), key
+    lines_a = (straight / "models/3d_fullres/fold_0/metrics.jsonl").read_text().splitlines()
+    lines_b = metrics.read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines_b] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(x)["lr"] for x in lines_a] == [json.loads(x)["lr"] for x in lines_b]
+
+
+def test_batches_depend_only_on_their_index(planned):
+    folder = planned / "preprocessed" / "3d_fullres"
+    ids = sorted(p.stem for p in folder.glob("*.json"))
+    settings = augmentation_settings([16, 20, 20])
+    a = IndexedBatches(folder, ids, settings, 2, 0, TRAIN_STREAM, 0, True)
+    b = IndexedBatches(folder, ids, settings, 2, 0, TRAIN_STREAM, 0, True)
+    assert torch.equal(a[5]["data"], b[5]["data"]) and torch.equal(a[5]["target"], b[5]["target"])
+    assert not torch.equal(a[5]["data"], a[6]["data"])
+
+
+def test_cli_errors_are_one_line(planned, tmp_path):
+    out = _copy(planned, tmp_path)
+    shutil.rmtree(out / "preprocessed" / "3d_fullres")
+    proc = _autoseg("train", out, *FAST, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "autoseg preprocess" in proc.stderr
+    out = _copy(planned, tmp_path / "x")
+    proc = _autoseg("train", out, "--resume", *FAST, check=False)
+    assert proc.returncode == 1 and "nothing to resume" in proc.stderr
+    proc = _autoseg("train", out, "--fold", "7", *FAST, check=False)
+    assert proc.returncode == 1 and "fold 7 does not exist" in proc.stderr
+    proc = _autoseg("train", out, "--config", "3d_lowres", *FAST, check=False)
+    assert proc.returncode == 1 and "no configuration 3d_lowres" in proc.stderr
+    _autoseg("train", out, "--epochs", "1", "--iterations-per-epoch", "1", "--no-validation", *FAST)
+    proc = _autoseg("train", out, "--epochs", "2", "--iterations-per-epoch", "1", *FAST, check=False)
+    assert proc.returncode == 1 and "epochs: 1 -> 2" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = _autoseg("train", out, "--time-budget", "soon", *FAST, check=False)
+    assert proc.returncode == 2 and "not a duration" in proc.stderr
+
+
+def test_time_budget_fits_the_schedule_into_the_budget(planned, tmp_path):
+    out = _copy(planned, tmp_path)
+    _autoseg("train", out, "--time-budget", "4s", "--iterations-per-epoch", "5", "--no-validation", *FAST)
+    metrics = [json.loads(x) for x in (out / "models/3d_fullres/fold_0/metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["train_seconds"] >= 4.0
+    assert metrics[-1]["lr"] < 0.1 * 0.01  # decayed to (nearly) zero by the end of the budget
+    assert metrics[-1]["train_seconds"] < 4.0 + 3 * max(m["epoch_time_s"] for m in metrics)
+
+
+def test_two_process_gloo_ddp_run(planned, tmp_path):
+    out = _copy(planned, tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "autoseg", "train", str(out), "--epochs", "2", "--iterations-per-epoch", "3",
+                           "--device", "cpu", *FAST], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = out / "models/3d_fullres/fold_0"
+    log = (folder / "training.log").read_text()
+    assert log.count("training 3d_fullres fold 0") == 1 and "2 processes" in log
+    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    state = _final_state(folder)
+    assert state["state"]["iteration"] == 6
+    assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped, loadable without DDP
+    assert (folder / "validation" / "summary.json").is_file()
