@@ -19,8 +19,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+DEMO_BUDGET ?= 3m
+
 demo: $(VENV)/.installed
-	$(BIN)/autoseg plan autoseg/demo/Dataset004_Hippocampus24 -o $(DEMO_OUT)/Dataset004_Hippocampus24 --preprocess
+	$(BIN)/autoseg plan autoseg/demo/Dataset004_Hippocampus24 -o $(DEMO_OUT)/Dataset004_Hippocampus24 --preprocess \
+		--configs 3d_fullres
+	$(BIN)/autoseg train $(DEMO_OUT)/Dataset004_Hippocampus24 --fold 0 --time-budget $(DEMO_BUDGET) \
+		--iterations-per-epoch 10 --val-iterations 2
+	@echo "progress plot: $(DEMO_OUT)/Dataset004_Hippocampus24/models/3d_fullres/fold_0/progress.png"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -237,6 +237,7 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
             state.train_seconds = distributed.broadcast_float(seconds_before + time.monotonic() - epoch_start, ranks)
             if options.time_budget_s is not None and state.train_seconds >= options.time_budget_s:
                 break
+        iterations_time = time.monotonic() - epoch_start
         val_loss, dice = _validation_pass(network, val_batches, val_iterations, device, len(plan.labels),
                                           config.batch_dice, amp_dtype, ranks)
         state.train_seconds = distributed.broadcast_float(seconds_before + time.monotonic() - epoch_start, ranks)
@@ -249,7 +250,8 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
                 "pseudo_dice": {name: _none_if_nan(dice[value - 1]) for name, value in plan.labels.items()
                                 if value > 0},
                 "mean_pseudo_dice": mean_dice, "ema_pseudo_dice": state.ema, "lr": lr,
-                "epoch_time_s": time.monotonic() - epoch_start, "train_seconds": state.train_seconds}
+                "iterations_time_s": iterations_time, "epoch_time_s": time.monotonic() - epoch_start,
+                "train_seconds": state.train_seconds}
         metrics.append(line)
         if not ranks.is_main:
             continue
