@@ -268,10 +268,11 @@ def test_two_process_gloo_ddp_run(planned, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "autoseg", "train", str(out), "--epochs", "2", "--iterations-per-epoch", "3",
                            "--device", "cpu", *FAST], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     folder = out / "models/3d_fullres/fold_0"
     log = (folder / "training.log").read_text()
-    assert log.count("training 3d_fullres fold 0") == 1 and "2 processes" in log
+    context = f"log:\n{log}\nstderr:\n{proc.stderr[-2000:]}"
+    assert log.count("training 3d_fullres fold 0") == 1 and "2 processes" in log, context
     metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     state = _final_state(folder)
