@@ -44,14 +44,14 @@ def plan_autoseg(data: Path, work: Path) -> tuple[Path, list[str], list[str]]:
     return out, train_ids, val_ids
 
 
-def _run(cmd, log: Path, timeout_s=None):
-    m, timed_out = run_measured_timeout([str(c) for c in cmd], None, log, timeout_s, 0.5)
-    return m, timed_out
+def _run(cmd, log: Path):
+    """Measured like nnU-Net's side: PSS of the process tree every 0.5 s."""
+    return run_measured_timeout([str(c) for c in cmd], None, log, None, 0.5)[0]
 
 
 def train_autoseg(out: Path, args: list[str], work: Path, name: str) -> dict:
     shutil.rmtree(out / "models", ignore_errors=True)
-    m, _ = _run([sys.executable, "-m", "autoseg", "train", str(out), "--fold", "0", "-q", *args],
+    m = _run([sys.executable, "-m", "autoseg", "train", str(out), "--fold", "0", "-q", *args],
                 work / f"autoseg-{name}.log")
     folder = out / "models" / "3d_fullres" / "fold_0"
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

@@ -93,10 +93,10 @@ class PatchSampler:
             image, label = case.image, case.label
         start = [c - s // 2 for c, s in zip(centre, self.sample_size)]
         return (crop_padded(image, start, self.sample_size, 0).astype(np.float32, copy=False),
-                crop_padded(label, start, self.sample_size, OUTSIDE).astype(np.int16, copy=False))
+                crop_padded(label, start, self.sample_size, OUTSIDE))
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-        """{'data': (B, C, *sample_size) float32, 'seg': (B, 1, *sample_size) int16}; the last
+        """{'data': (B, C, *sample_size) float32, 'seg': (B, 1, *sample_size) in the stored label dtype}; the last
         foreground_count(B) samples are centred on foreground."""
         n_forced = foreground_count(batch_size, self.foreground_fraction)
         images, labels = [], []
