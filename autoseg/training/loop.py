@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from autoseg.allocator import retain_freed_memory
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.jsonio import from_dict, to_dict, write_json_atomic
@@ -85,6 +86,8 @@ def train(output_dir, fold="0", configuration: str = "3d_fullres", options: Trai
         raise AutosegError(f"{configuration}: cascade training needs the low-resolution stage's predictions, "
                            f"which autoseg cannot make yet; train {', '.join(TRAINABLE)}")
     ranks, dev = distributed.start(device)
+    if dev.type == "cpu":
+        retain_freed_memory()
     try:
         return _train(output_dir, plan, str(fold), configuration, options, ranks, dev, workers, resume, progress,
                       validate, checkpoint_every_s)
