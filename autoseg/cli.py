@@ -89,6 +89,28 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _step(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction of the patch in (0, 1], got {text!r}")
+    return value
+
+
+def _cmd_predict(args) -> int:
+    from autoseg.inference.predict import SUMMARY_FILE, predict
+
+    result = predict(args.input, args.output, args.models, args.config, args.folds, mirror=not args.no_tta,
+                     step=args.step, device=args.device, save_probabilities=args.save_probabilities,
+                     workers=args.workers, skip_existing=args.resume, progress=not args.quiet)
+    skipped = f", {len(result.skipped)} already done" if result.skipped else ""
+    print(f"predicted {len(result.written)} case(s){skipped} -> {result.output_dir}")
+    if result.failed:
+        print(f"autoseg: error: {len(result.failed)} case(s) failed: {', '.join(sorted(result.failed))} "
+              f"(details in {result.output_dir / SUMMARY_FILE})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoseg", description="Self-configuring 3D medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
@@ -167,6 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip the final sliding-window validation of the fold's validation cases")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log echo")
     tr.set_defaults(func=_cmd_train)
+
+    pr = sub.add_parser(
+        "predict", help="segment new scans with a trained model",
+        description="Predict label maps for the scans in INPUT (a folder of {case}_{XXXX}<ending> channel files "
+                    "or single 3D/4D files, or one file) with the trained folds of a configuration: sliding "
+                    "window with Gaussian weighting, mirroring, fold averaging. Each output has the exact shape "
+                    "and geometry of its input scan. Cases that fail are listed; the others still complete.")
+    pr.add_argument("-i", "--input", required=True, metavar="INPUT", help="scan file or folder of scans")
+    pr.add_argument("-o", "--output", required=True, metavar="OUTPUT_DIR", help="folder for the label maps")
+    pr.add_argument("-m", "--models", required=True, metavar="MODELS_DIR", help="OUTPUT_DIR/models of training")
+    pr.add_argument("--config", default=None, choices=CONFIGURATION_NAMES, metavar="NAME",
+                    help="configuration (default: find-best's choice, else the only trained one, else 3d_fullres)")
+    pr.add_argument("--folds", nargs="+", type=_fold, default=None, metavar="K",
+                    help="folds to average (default: every fold with a final checkpoint)")
+    pr.add_argument("--no-tta", action="store_true", help="no mirroring (about 8x faster in 3D)")
+    pr.add_argument("--step", type=_step, default=0.5, help="tile stride as a fraction of the patch (default 0.5)")
+    pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                    help="default: auto = cuda, else mps, else cpu")
+    pr.add_argument("--save-probabilities", action="store_true",
+                    help="also write {case}_probabilities.npz and an entropy map {case}_entropy<ending>")
+    pr.add_argument("--workers", type=_positive_int, default=None,
+                    help="threads reading/preprocessing and restoring/writing cases beside the network (default 1)")
+    pr.add_argument("--continue", dest="resume", action="store_true",
+                    help="skip cases whose outputs already exist (a killed run's finished cases)")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""JSON Schemas of plan.json, fingerprint.json and the preprocessed cases' properties,
+"""JSON Schemas of plan.json, fingerprint.json, the preprocessed cases' properties and postprocessing.json,
 derived from the dataclasses.
 
 `python -m autoseg.schemas plans/` rewrites the committed copies; a test fails when they
@@ -13,11 +13,13 @@ from pathlib import Path
 from autoseg.fingerprint import Fingerprint
 from autoseg.jsonio import json_schema, write_text_atomic
 from autoseg.planning.plan_types import Plan
+from autoseg.postprocessing import Postprocessing
 from autoseg.preprocessing.properties import CaseProperties
 
 SCHEMA_FILES = {"schema.json": (Plan, "autoseg plan.json"),
                 "fingerprint.schema.json": (Fingerprint, "autoseg fingerprint.json"),
-                "properties.schema.json": (CaseProperties, "autoseg preprocessed case properties")}
+                "properties.schema.json": (CaseProperties, "autoseg preprocessed case properties"),
+                "postprocessing.schema.json": (Postprocessing, "autoseg postprocessing.json")}
 
 
 def schemas() -> dict[str, dict]:

@@ -78,7 +78,11 @@ def link_raw_dataset(data: Path, work: Path, preprocessed_name: str = "preproces
     raw, pre, res = work / "raw", work / preprocessed_name, work / "results"
     for d in (raw, pre, res):
         d.mkdir(parents=True, exist_ok=True)
-    (raw / data.name).symlink_to(Path(data).resolve())
+    link = raw / data.name
+    if link.is_symlink() and link.resolve() != Path(data).resolve():
+        link.unlink()  # a rerun with other data in the same work folder
+    if not link.is_symlink():
+        link.symlink_to(Path(data).resolve())
     return raw, pre, res, str(int(data.name[len("Dataset"):len("Dataset") + 3]))
 
 

@@ -26,15 +26,19 @@ def _read(path, problems: list[str]):
         return None, None
 
 
-def read_case(dataset: Dataset, case: Case) -> tuple[CaseData | None, list[str]]:
-    """Read and validate one case. Returns (data, []) or (None, problems), one line per problem."""
-    problems: list[str] = []
+def read_channels(files, n_channels: int, multi_channel_file: bool, problems: list[str],
+                  expectation: str = "dataset.json declares"):
+    """Read one scan's channels: one 3D file per channel, or (multi_channel_file) a single 3D/4D file.
+
+    Returns (channels, geometry of channel 0); every problem found is appended to `problems`, one line each
+    naming its file: unreadable files, wrong dimensionality or channel count, channels on different grids,
+    NaN/Inf voxels. `expectation` says where the channel count comes from, for those messages.
+    """
+    files = list(files)
     channels: list[np.ndarray] = []
     geometry: Geometry | None = None
-    n_channels = dataset.num_channels
-
-    if dataset.multi_channel_files:
-        path = case.image_files[0]
+    if multi_channel_file:
+        path = files[0]
         array, geometry = _read(path, problems)
         if array is not None:
             if array.ndim == 3 and n_channels == 1:
@@ -42,13 +46,13 @@ def read_case(dataset: Dataset, case: Case) -> tuple[CaseData | None, list[str]]
             elif array.ndim == 4 and array.shape[0] == n_channels:
                 channels = list(array)
             elif array.ndim == 4:
-                problems.append(f"{path}: has {array.shape[0]} channels but dataset.json declares {n_channels}")
+                problems.append(f"{path}: has {array.shape[0]} channels but {expectation} {n_channels}")
             elif array.ndim == 3:
-                problems.append(f"{path}: is 3D (one channel) but dataset.json declares {n_channels} channels")
+                problems.append(f"{path}: is 3D (one channel) but {expectation} {n_channels} channels")
             else:
                 problems.append(f"{path}: is {array.ndim}D, expected a 3D or 4D image")
     else:
-        for path in case.image_files:
+        for path in files:
             array, g = _read(path, problems)
             if array is None:
                 continue
@@ -70,8 +74,16 @@ def read_case(dataset: Dataset, case: Case) -> tuple[CaseData | None, list[str]]
     for c, array in enumerate(channels):
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).sum())
-            where = case.image_files[0] if dataset.multi_channel_files else case.image_files[c]
-            problems.append(f"{where}: {bad} NaN/Inf voxel(s)" + (f" in channel {c}" if dataset.multi_channel_files else ""))
+            where = files[0] if multi_channel_file else files[c]
+            problems.append(f"{where}: {bad} NaN/Inf voxel(s)" + (f" in channel {c}" if multi_channel_file else ""))
+    return channels, geometry
+
+
+def read_case(dataset: Dataset, case: Case) -> tuple[CaseData | None, list[str]]:
+    """Read and validate one case. Returns (data, []) or (None, problems), one line per problem."""
+    problems: list[str] = []
+    n_channels = dataset.num_channels
+    channels, geometry = read_channels(case.image_files, n_channels, dataset.multi_channel_files, problems)
 
     label, label_geometry = _read(case.label_file, problems)
     if label is not None:

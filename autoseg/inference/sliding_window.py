@@ -1,7 +1,12 @@
-"""Sliding-window prediction: overlapping patches, Gaussian-weighted, optionally mirrored.
+"""Sliding-window prediction: overlapping patches, Gaussian-weighted, optionally mirrored, over one or
+more networks (folds), averaging logits.
 
 Works for 3D networks on (C, z, y, x) volumes and for 2D networks slice by slice along the first
-axis. Returns softmax probabilities on the preprocessed grid.
+axis. Returns the weighted mean logits on the preprocessed grid.
+
+The Gaussian weight of a tile is a product of one 1D Gaussian per axis and the tiles lie on a grid
+(a product of per-axis starts), so the sum of weights at a voxel is a product of per-axis sums: no
+weight-sum volume is stored, which matters for large CT volumes.
 """
 from __future__ import annotations
 
@@ -14,24 +19,38 @@ import torch.nn.functional as F
 
 STEP = 0.5  # tile stride as a fraction of the patch
 SIGMA_SCALE = 1 / 8
-TILES_PER_BATCH = 4
+MIN_WEIGHT = 1e-3  # weight of a tile's corner voxel: never zero, so every voxel gets a prediction
+VOXELS_PER_FORWARD = 8  # patches per forward pass (tiles x mirrors), in units of one patch
 SLICES_PER_BATCH = 32
+# Accumulators above this size hold float16 logits: plenty for an argmax between classes, half the memory.
+FLOAT32_ACCUMULATOR_BYTES = 512 * 2 ** 20
 
 
-@lru_cache(maxsize=8)
-def _gaussian(patch: tuple[int, ...]) -> torch.Tensor:
-    grids = np.meshgrid(*[np.arange(p, dtype=np.float64) - (p - 1) / 2 for p in patch], indexing="ij")
-    weight = np.exp(-sum((g / (p * SIGMA_SCALE)) ** 2 / 2 for g, p in zip(grids, patch)))
-    return torch.from_numpy(np.maximum(weight / weight.max(), 1e-3).astype(np.float32))
+@lru_cache(maxsize=16)
+def _axis_gaussian(p: int, ndim: int) -> np.ndarray:
+    x = np.arange(p, dtype=np.float64) - (p - 1) / 2
+    w = np.exp(-((x / (p * SIGMA_SCALE)) ** 2) / 2)
+    return np.maximum(w / w.max(), MIN_WEIGHT ** (1 / ndim))
+
+
+def axis_weights(patch) -> list[np.ndarray]:
+    """One 1D Gaussian per axis (sigma 1/8 of the patch side, peak 1); their product weighs a tile."""
+    return [_axis_gaussian(int(p), len(patch)) for p in patch]
 
 
 def gaussian_importance(patch) -> torch.Tensor:
     """Weights that favour a tile's centre, where the network sees most context; never zero."""
-    return _gaussian(tuple(int(p) for p in patch))
+    weights = axis_weights(patch)
+    out = weights[0]
+    for w in weights[1:]:
+        out = np.multiply.outer(out, w)
+    return torch.from_numpy(out.astype(np.float32))
 
 
 def tile_starts(shape, patch, step: float = STEP) -> list[list[int]]:
     """Per axis, evenly spread starts so tiles cover the axis with at least `step` overlap."""
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
     starts = []
     for size, p in zip(shape, patch):
         if size <= p:
@@ -48,72 +67,109 @@ def mirror_flips(ndim: int, mirror_axes) -> list[tuple[int, ...]]:
     return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
 
 
+def _weight_sums(shape, patch, starts) -> list[torch.Tensor]:
+    sums = []
+    for size, w, axis_starts in zip(shape, axis_weights(patch), starts):
+        total = np.zeros(size)
+        for s in axis_starts:
+            total[s:s + len(w)] += w
+        sums.append(torch.from_numpy(total.astype(np.float32)))
+    return sums
+
+
 @torch.inference_mode()
-def _predict_tiles(network, tiles: torch.Tensor, flips) -> torch.Tensor:
+def _mean_logits(networks, tiles: torch.Tensor, flips) -> torch.Tensor:
+    """Mean logits over networks and mirrors; all mirrors of the tiles go through one forward pass."""
+    batch = torch.cat([torch.flip(tiles, flip) if flip else tiles for flip in flips])
+    n = tiles.shape[0]
     out = None
-    for flip in flips:
-        x = torch.flip(tiles, flip) if flip else tiles
-        logits = network(x)
-        if isinstance(logits, (list, tuple)):
-            logits = logits[0]
-        probs = torch.softmax(logits.float(), dim=1)
-        probs = torch.flip(probs, flip) if flip else probs
-        out = probs if out is None else out + probs
-    return out / len(flips)
+    for network in networks:
+        logits = network(batch)
+        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+        logits = logits.float()
+        for k, flip in enumerate(flips):
+            part = logits[k * n:(k + 1) * n]
+            part = torch.flip(part, flip) if flip else part
+            out = part.clone() if out is None else out.add_(part)
+    return out.div_(len(flips) * len(networks))
 
 
-def predict_sliding_window(network, image: np.ndarray, patch_size, num_classes: int, device: torch.device,
-                           mirror_axes=(), amp_dtype: torch.dtype | None = None) -> np.ndarray:
-    """image (C, z, y, x) float32 -> probabilities (num_classes, z, y, x) float32.
+def predict_logits(networks, image: np.ndarray, patch_size, num_classes: int, device: torch.device,
+                   mirror_axes=(), amp_dtype: torch.dtype | None = None, step: float = STEP,
+                   accumulate_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """image (C, z, y, x) -> Gaussian-weighted mean logits (num_classes, z, y, x) on the same grid.
 
-    A 2D patch predicts each slice of the first axis on its own. Volumes smaller than the patch are
-    padded with zeros (the preprocessed background) and cropped back.
+    `networks`: one network or a list (folds), in eval mode. A 2D patch predicts each slice of the
+    first axis on its own. Volumes smaller than the patch are padded with zeros (the preprocessed
+    background) and cropped back. accumulate_dtype defaults to float32, float16 for large volumes.
     """
+    networks = list(networks) if isinstance(networks, (list, tuple)) else [networks]
+    for network in networks:
+        network.eval()
     patch = [int(p) for p in patch_size]
     ndim = len(patch)
-    volume = torch.from_numpy(np.array(image, dtype=np.float32))  # a copy: memory maps are read-only
-    if ndim == 2:  # slices become the batch axis
-        volume = volume.permute(1, 0, 2, 3)  # (z, C, y, x)
-    else:
-        volume = volume[None]
+    owned = isinstance(image, np.ndarray) and image.dtype == np.float32 and image.flags.writeable \
+        and not isinstance(image, np.memmap)
+    volume = torch.from_numpy(image if owned else np.array(image, dtype=np.float32))
+    volume = volume.permute(1, 0, 2, 3) if ndim == 2 else volume[None]  # 2D: slices become the batch axis
     spatial = list(volume.shape[2:])
     padded = [max(s, p) for s, p in zip(spatial, patch)]
-    pad = []
-    for s, p in zip(reversed(spatial), reversed(padded)):
-        before = (p - s) // 2
-        pad += [before, p - s - before]
-    volume = F.pad(volume, pad)
-    weight = gaussian_importance(patch)
+    before = [(p - s) // 2 for s, p in zip(spatial, padded)]
+    if padded != spatial:
+        pad = []
+        for s, p, b in zip(reversed(spatial), reversed(padded), reversed(before)):
+            pad += [b, p - s - b]
+        volume = F.pad(volume, pad)
+    rows = volume.shape[0]
+    if accumulate_dtype is None:
+        accumulate_dtype = torch.float32
+        if rows * num_classes * int(np.prod(padded)) * 4 > FLOAT32_ACCUMULATOR_BYTES:
+            accumulate_dtype = torch.float16
+    result = torch.zeros((rows, num_classes, *padded), dtype=accumulate_dtype)
+    starts = tile_starts(padded, patch, step)
+    boxes = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in itertools.product(*starts)]
+    weight = gaussian_importance(patch).to(device)
     flips = mirror_flips(ndim, mirror_axes)
-    result = torch.zeros((volume.shape[0], num_classes, *padded), dtype=torch.float32)
-    norm = torch.zeros(padded, dtype=torch.float32)
-    boxes = [tuple(slice(s, s + p) for s, p in zip(start, patch))
-             for start in itertools.product(*tile_starts(padded, patch))]
-    for box in boxes:
-        norm[box] += weight
-    weight_on_device = weight.to(device)
-    network.eval()
-    for rows, group in _tile_groups(volume.shape[0], boxes, ndim):
-        tiles = torch.cat([volume[(rows, slice(None)) + box] for box in group]).to(device)
+    for row_range, group in _tile_groups(rows, boxes, ndim, len(flips)):
+        tiles = torch.cat([volume[(row_range, slice(None)) + box] for box in group]).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            probs = (_predict_tiles(network, tiles, flips) * weight_on_device).cpu()
-        m = rows.stop - rows.start if ndim == 2 else 1
+            logits = _mean_logits(networks, tiles, flips)
+        logits = (logits * weight).to("cpu", accumulate_dtype)
+        m = row_range.stop - row_range.start
         for j, box in enumerate(group):
-            result[(rows, slice(None)) + box] += probs[j * m:(j + 1) * m]
-    result /= norm
-    crop = tuple(slice(b, b + s) for b, s in zip(pad[::2][::-1], spatial))
+            result[(row_range, slice(None)) + box] += logits[j * m:(j + 1) * m]
+    _divide_by_weight_sums(result, _weight_sums(padded, patch, starts))
+    crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
     result = result[(slice(None), slice(None)) + crop]
     if ndim == 2:
-        return result.permute(1, 0, 2, 3).contiguous().numpy()
-    return result[0].numpy()
+        return result.permute(1, 0, 2, 3).contiguous()
+    return result[0] if padded == spatial else result[0].contiguous()
 
 
-def _tile_groups(n_rows: int, boxes, ndim: int):
+def _divide_by_weight_sums(result: torch.Tensor, sums: list[torch.Tensor]) -> None:
+    """In place, one slab of the first spatial axis at a time (no full-size temporary)."""
+    rest = sums[1][:, None] * sums[2][None, :] if len(sums) == 3 else sums[1]
+    for i in range(result.shape[2]):
+        slab = result[:, :, i]
+        slab.div_((rest * sums[0][i]).to(result.dtype))
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over classes (dim 0) in place, one slab of the first spatial axis at a time, so a
+    large volume needs no float32 copy of itself."""
+    for i in range(logits.shape[1]):
+        logits[:, i] = torch.softmax(logits[:, i].float(), dim=0).to(logits.dtype)
+    return logits
+
+
+def _tile_groups(n_rows: int, boxes, ndim: int, n_flips: int):
     """(rows of the batch axis, boxes) per forward pass: several 3D tiles, or many slices of one 2D tile."""
     if ndim == 3:
-        for k in range(0, len(boxes), TILES_PER_BATCH):
-            yield slice(0, 1), boxes[k:k + TILES_PER_BATCH]
+        per_pass = max(1, VOXELS_PER_FORWARD // n_flips)
+        for k in range(0, len(boxes), per_pass):
+            yield slice(0, 1), boxes[k:k + per_pass]
     else:
+        per_pass = max(1, SLICES_PER_BATCH // n_flips)
         for box in boxes:
-            for i in range(0, n_rows, SLICES_PER_BATCH):
-                yield slice(i, min(i + SLICES_PER_BATCH, n_rows)), [box]
+            for i in range(0, n_rows, per_pass):
+                yield slice(i, min(i + per_pass, n_rows)), [box]

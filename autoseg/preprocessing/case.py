@@ -98,6 +98,35 @@ def restore_probabilities(probabilities: np.ndarray, props: CaseProperties, plan
     return np.stack(out)
 
 
+def restore_segmentation(scores, props: CaseProperties, plan: Plan) -> np.ndarray:
+    """(C, grid) class probabilities (or any per-class scores) on the preprocessed grid -> the label map
+    on the source grid.
+
+    One class at a time with a running argmax, so memory stays at two crop-sized volumes (plus a
+    label map) whatever the number of classes; ties go to the lower class, like argmax.
+    """
+    kernels = _kernels(plan, props.target_spacing, props.spacing, "linear")
+    best = best_class = None
+    for c in range(len(scores)):
+        channel = resample_volume(np.array(scores[c], dtype=np.float32), props.shape_after_crop, kernels)
+        if best is None:
+            best, best_class = channel, np.zeros(channel.shape, np.uint8 if len(scores) <= 256 else np.int16)
+            continue
+        better = channel > best
+        best_class[better] = c
+        np.maximum(best, channel, out=best)
+    values = np.asarray(sorted(plan.labels.values()))
+    segmentation = values.astype(np.uint8 if values.max() < 256 and values.min() >= 0 else np.int16)[best_class]
+    return _uncrop_and_untranspose(segmentation, props, plan, 0)
+
+
+def label_on_grid_of(label: np.ndarray, props: CaseProperties, other: CaseProperties, plan: Plan) -> np.ndarray:
+    """A label map on one configuration's preprocessed grid of a case -> another configuration's grid of the
+    same case (both grids cover the same crop, at different spacings)."""
+    kernels = _kernels(plan, props.target_spacing, other.target_spacing, "linear")
+    return resample_label(label, other.shape_after_resampling, kernels)
+
+
 def write_like_source(array: np.ndarray, props: CaseProperties, path) -> None:
     """Write a (z, y, x) array restored to the source grid with the source's exact geometry."""
     s = props.source

@@ -10,10 +10,10 @@ import torch
 
 from autoseg.dataset import load_dataset, read_image
 from autoseg.evaluation.metrics import dice_per_class
-from autoseg.inference.sliding_window import predict_sliding_window
+from autoseg.inference.sliding_window import predict_logits, softmax_
 from autoseg.jsonio import write_json_atomic
 from autoseg.planning.plan_types import Plan
-from autoseg.preprocessing.case import restore_probabilities, write_like_source
+from autoseg.preprocessing.case import restore_segmentation, write_like_source
 from autoseg.preprocessing.storage import load_case
 
 SUMMARY = "summary.json"
@@ -38,10 +38,8 @@ def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, d
     per_case = []
     for case_id in tqdm(case_ids, desc="validation", disable=not progress, dynamic_ncols=True):
         image, _, props = load_case(preprocessed, case_id)
-        probabilities = predict_sliding_window(network, image, config.patch_size, len(plan.labels), device,
-                                               mirror_axes, amp_dtype)
-        restored = restore_probabilities(probabilities, props, plan)
-        segmentation = np.asarray(sorted(plan.labels.values()), dtype=np.uint8)[restored.argmax(0)]
+        logits = predict_logits(network, image, config.patch_size, len(plan.labels), device, mirror_axes, amp_dtype)
+        segmentation = restore_segmentation(softmax_(logits).numpy(), props, plan)
         write_like_source(segmentation, props, out_dir / f"{case_id}{props.source.file_format}")
         reference, _ = read_image(label_files[case_id])
         dice = dice_per_class(segmentation, reference, labels.values())

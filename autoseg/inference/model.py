@@ -1,0 +1,102 @@
+"""Trained models as prediction needs them: a configuration's finished folds, loaded once."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autoseg.errors import AutosegError
+from autoseg.jsonio import to_dict
+from autoseg.planning.plan_types import Plan, load_plan
+from autoseg.postprocessing import Postprocessing, load_postprocessing
+from autoseg.training.checkpoint import FINAL, LATEST, load_checkpoint
+from autoseg.training.network import build_network
+
+INFERENCE_FILE = "inference.json"  # written by find-best: the configuration to use by default
+
+
+@dataclass
+class TrainedModel:
+    configuration: str
+    folds: list[str]
+    plan: Plan
+    networks: list[torch.nn.Module]
+    in_channels: int
+    postprocessing: Postprocessing | None
+    previous_stage: "TrainedModel | None" = None  # the cascade's low-resolution model
+
+    @property
+    def num_channels(self) -> int:
+        """Image channels the user provides (the cascade adds its own)."""
+        return len(self.plan.channel_names)
+
+
+def trained_folds(models_dir: Path, configuration: str) -> list[str]:
+    folder = models_dir / configuration
+    if not folder.is_dir():
+        return []
+    folds = [p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / FINAL).is_file()]
+    return sorted(folds, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
+
+
+def default_configuration(models_dir: Path) -> str:
+    """find-best's choice when it was made, else the only trained configuration, else 3d_fullres."""
+    choice = models_dir / INFERENCE_FILE
+    if choice.is_file():
+        try:
+            return json.loads(choice.read_text())["configuration"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise AutosegError(f"{choice}: not a valid inference choice (rerun autoseg find-best)") from None
+    trained = sorted(p.name for p in models_dir.iterdir() if p.is_dir() and trained_folds(models_dir, p.name)) \
+        if models_dir.is_dir() else []
+    if not trained:
+        raise AutosegError(f"{models_dir}: no trained model (a models/<configuration>/fold_<k>/{FINAL})")
+    if len(trained) == 1:
+        return trained[0]
+    if "3d_fullres" in trained:
+        return "3d_fullres"
+    raise AutosegError(f"{models_dir}: several configurations are trained ({', '.join(trained)}); pick one "
+                       f"with --config or run autoseg find-best")
+
+
+def load_trained_model(models_dir: str | Path, configuration: str | None = None, folds=None,
+                       device: torch.device = torch.device("cpu")) -> TrainedModel:
+    """The configuration's networks for `folds` (default: every fold with a final checkpoint)."""
+    models_dir = Path(models_dir)
+    configuration = configuration or default_configuration(models_dir)
+    available = trained_folds(models_dir, configuration)
+    if folds is None:
+        folds = available
+        if not folds:
+            raise AutosegError(f"{models_dir / configuration}: no fold has finished training ({FINAL} missing)")
+    folds = [str(f) for f in folds]
+    for fold in folds:
+        if fold not in available:
+            folder = models_dir / configuration / f"fold_{fold}"
+            why = "still training or interrupted" if (folder / LATEST).is_file() else "not trained"
+            raise AutosegError(f"{folder}: fold {fold} has no {FINAL} ({why})")
+    plan = None
+    networks = []
+    in_channels = None
+    for fold in folds:
+        folder = models_dir / configuration / f"fold_{fold}"
+        fold_plan = load_plan(folder / "plan.json")
+        if plan is None:
+            plan = fold_plan
+        elif to_dict(fold_plan) != to_dict(plan):
+            raise AutosegError(f"{folder / 'plan.json'}: fold {fold} was trained from another plan than fold "
+                               f"{folds[0]}; predict with folds of one plan")
+        checkpoint = load_checkpoint(folder / FINAL)
+        in_channels = int(checkpoint["in_channels"])
+        network = build_network(plan.configurations[configuration], in_channels, int(checkpoint["num_classes"]),
+                                deep_supervision=True)
+        network.load_state_dict(checkpoint["network"])
+        networks.append(network.to(device).eval())
+    config = plan.configurations[configuration]
+    previous = None
+    if config.previous_stage:
+        previous = load_trained_model(models_dir, config.previous_stage, folds, device)
+    return TrainedModel(configuration, folds, plan, networks, in_channels,
+                        load_postprocessing(models_dir / configuration), previous)
