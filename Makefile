@@ -27,6 +27,9 @@ demo: $(VENV)/.installed
 	$(BIN)/autoseg train $(DEMO_OUT)/Dataset004_Hippocampus24 --fold 0 --time-budget $(DEMO_BUDGET) \
 		--iterations-per-epoch 10 --val-iterations 2
 	@echo "progress plot: $(DEMO_OUT)/Dataset004_Hippocampus24/models/3d_fullres/fold_0/progress.png"
+	$(BIN)/autoseg predict -i autoseg/demo/Dataset004_Hippocampus24/imagesTs -o $(DEMO_OUT)/predictions \
+		-m $(DEMO_OUT)/Dataset004_Hippocampus24/models
+	$(BIN)/python -m autoseg.demo.dice $(DEMO_OUT)/predictions autoseg/demo/Dataset004_Hippocampus24/labelsTs
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

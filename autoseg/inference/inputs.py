@@ -32,16 +32,16 @@ def _stem(path: Path) -> str:
     return path.name[:-len(file_ending(path))]
 
 
-def find_input_cases(input_path: str | Path, num_channels: int) -> tuple[list[InputCase], list[str]]:
-    """The cases under INPUT, sorted by id, and one line per problem that rules a case out
-    (a missing channel file). Raises when there is nothing to predict at all."""
+def find_input_cases(input_path: str | Path, num_channels: int) -> tuple[list[InputCase], dict[str, str]]:
+    """The cases under INPUT, sorted by id, and {case id: one line} for cases ruled out by their
+    file names (a missing or extra channel file). Raises when there is nothing to predict at all."""
     input_path = Path(input_path)
     if input_path.is_file():
         if file_ending(input_path) is None:
             raise AutosegError(f"{input_path}: not an image file this tool reads")
         match = CHANNEL_SUFFIX.match(_stem(input_path))
         case_id = match["case"] if match and num_channels == 1 else _stem(input_path)
-        return [InputCase(case_id, (input_path,), True)], []
+        return [InputCase(case_id, (input_path,), True)], {}
     if not input_path.is_dir():
         raise AutosegError(f"{input_path}: no such file or folder")
     files = sorted(p for p in input_path.iterdir()
@@ -56,7 +56,7 @@ def find_input_cases(input_path: str | Path, num_channels: int) -> tuple[list[In
             by_channel.setdefault(match["case"], {})[int(match["channel"])] = path
         else:
             singles.append(path)
-    cases, problems = [], []
+    cases, problems = [], {}
     for case_id, channels in by_channel.items():
         wanted = list(range(num_channels))
         missing = [c for c in wanted if c not in channels]
@@ -64,12 +64,11 @@ def find_input_cases(input_path: str | Path, num_channels: int) -> tuple[list[In
         if missing:
             first = channels[min(channels)]
             names = ", ".join(f"{case_id}_{c:04d}{file_ending(first)}" for c in missing)
-            problems.append(f"{first.parent / names.split(', ')[0]}: missing (case {case_id} needs "
-                            f"{num_channels} channel file(s); missing {names})")
+            problems[case_id] = (f"{first.parent / names.split(', ')[0]}: missing (case {case_id} needs "
+                                 f"{num_channels} channel file(s); missing {names})")
             continue
         if extra:
-            problems.append(f"{channels[extra[0]]}: the model has {num_channels} channel(s), "
-                            f"no channel {extra[0]}")
+            problems[case_id] = f"{channels[extra[0]]}: the model has {num_channels} channel(s), no channel {extra[0]}"
             continue
         cases.append(InputCase(case_id, tuple(channels[c] for c in wanted), False))
     for path in singles:

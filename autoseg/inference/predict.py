@@ -27,6 +27,7 @@ from autoseg.postprocessing import apply_postprocessing
 from autoseg.preprocessing.case import (label_on_grid_of, preprocess_case, restore_probabilities,
                                         restore_segmentation, write_like_source)
 from autoseg.preprocessing.properties import CaseProperties
+from autoseg.training.cascade import one_hot_channels
 from autoseg.training.distributed import resolve_device
 from autoseg.training.precision import autocast_dtype
 
@@ -84,8 +85,7 @@ def predict(input_path, output_dir, models_dir, configuration: str | None = None
         stale.unlink(missing_ok=True)
 
     result = PredictResult(output_dir)
-    for problem in problems:
-        case_id = problem.split(" needs ")[0].rsplit("case ", 1)[-1] if "case " in problem else problem
+    for case_id, problem in problems.items():
         result.failed[case_id] = problem
         _say(problem)
     todo = []
@@ -187,8 +187,7 @@ def cascade_channels(low_probabilities: torch.Tensor, low_props: CaseProperties,
     classes: the extra input channels of a cascade network."""
     segmentation = low_probabilities.argmax(0).numpy().astype(np.uint8)
     segmentation = label_on_grid_of(segmentation, low_props, props, stage.plan)
-    num_classes = low_probabilities.shape[0]
-    return np.stack([(segmentation == c).astype(np.float32) for c in range(1, num_classes)])
+    return one_hot_channels(segmentation, low_probabilities.shape[0])
 
 
 def _predict_probabilities(model: TrainedModel, prepared: _Prepared, dev, amp_dtype, mirror: bool,

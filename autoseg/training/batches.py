@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from autoseg.training.augmentation import AugmentationSettings, build_transforms, sample_size
+from autoseg.training.cascade import one_hot_channels
 from autoseg.training.sampler import PatchSampler, open_cases
 
 TRAIN_STREAM, VALIDATION_STREAM = 0, 1
@@ -21,9 +22,12 @@ TRAIN_STREAM, VALIDATION_STREAM = 0, 1
 
 class IndexedBatches(Dataset):
     def __init__(self, folder: Path, case_ids: list[str], settings: AugmentationSettings, batch_size: int,
-                 seed: int, stream: int, rank: int, augment: bool):
+                 seed: int, stream: int, rank: int, augment: bool, previous: dict[str, Path] | None = None,
+                 num_classes: int = 0):
+        """previous/num_classes: the cascade's previous-stage segmentations, fed as one-hot input channels."""
         self.folder, self.case_ids, self.settings = Path(folder), list(case_ids), settings
         self.batch_size, self.seed, self.stream, self.rank, self.augment = batch_size, seed, stream, rank, augment
+        self.previous, self.num_classes = previous, num_classes
         self._sampler = self._transforms = None  # opened lazily in each worker (memory maps do not pickle well)
 
     def __len__(self) -> int:  # indices come from IndexRange; the length is never used to stop
@@ -32,7 +36,8 @@ class IndexedBatches(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self._sampler is None:
             size = sample_size(self.settings) if self.augment else self.settings.patch_size
-            self._sampler = PatchSampler(open_cases(self.folder, self.case_ids), self.settings.patch_size, size)
+            self._sampler = PatchSampler(open_cases(self.folder, self.case_ids, self.previous),
+                                         self.settings.patch_size, size)
             self._transforms = build_transforms(self.settings) if self.augment else None
         seeds = [self.seed, self.stream, self.rank, int(index)]
         rng = np.random.default_rng(seeds)
@@ -43,8 +48,11 @@ class IndexedBatches(Dataset):
             np.random.seed(state)
             random.seed(int(state))
             batch = self._transforms(**batch)
-        return {"data": torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32)),
-                "target": torch.from_numpy(np.ascontiguousarray(batch["seg"][:, 0]).astype(np.int64))}
+        data, seg = batch["data"], batch["seg"]
+        if seg.shape[1] > 1:  # cascade: the augmented previous-stage segmentation becomes input channels
+            data = np.concatenate([data, one_hot_channels(seg[:, 1], self.num_classes).swapaxes(0, 1)], axis=1)
+        return {"data": torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
+                "target": torch.from_numpy(np.ascontiguousarray(seg[:, 0]).astype(np.int64))}
 
 
 class IndexRange(Sampler):

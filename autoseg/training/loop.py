@@ -25,6 +25,7 @@ from autoseg.preprocessing.run import preprocessed_folder
 from autoseg.training import distributed
 from autoseg.training.augmentation import augmentation_settings
 from autoseg.training.batches import TRAIN_STREAM, VALIDATION_STREAM, IndexedBatches, batch_iterator
+from autoseg.training.cascade import NEXT_STAGE_DIR, cascade_input_channels, previous_stage_predictions
 from autoseg.training.checkpoint import (BEST, FINAL, LATEST, load_checkpoint, restore_rng_states, rng_states,
                                          save_checkpoint)
 from autoseg.training.loss import deep_supervision_loss, dice_ce_loss
@@ -38,7 +39,6 @@ from autoseg.training.validation import SUMMARY, validate_fold
 
 EMA_DECAY = 0.9
 CHECKPOINT_EVERY_S = 60.0  # latest checkpoint after an epoch, but not more often than this
-TRAINABLE = ("2d", "3d_fullres", "3d_lowres")
 
 
 @dataclass
@@ -82,9 +82,6 @@ def train(output_dir, fold="0", configuration: str = "3d_fullres", options: Trai
     if configuration not in plan.configurations:
         raise AutosegError(f"{output_dir / 'plan.json'}: no configuration {configuration} "
                            f"(planned: {', '.join(plan.configurations)})")
-    if configuration not in TRAINABLE:
-        raise AutosegError(f"{configuration}: cascade training needs the low-resolution stage's predictions, "
-                           f"which autoseg cannot make yet; train {', '.join(TRAINABLE)}")
     ranks, dev = distributed.start(device)
     if dev.type == "cpu":
         retain_freed_memory()
@@ -115,7 +112,10 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
     if resume and checkpoint_path is None:
         raise AutosegError(f"{model_dir}: nothing to resume (no {LATEST} or {FINAL})")
 
-    in_channels, num_classes = len(plan.channel_names), len(plan.labels)
+    previous = None
+    if config.previous_stage:
+        previous = previous_stage_predictions(output_dir, plan, configuration, case_ids)
+    in_channels, num_classes = cascade_input_channels(plan, configuration), len(plan.labels)
     torch.manual_seed(options.seed)
     network = build_network(config, in_channels, num_classes, deep_supervision=True).to(device)
     optimizer = torch.optim.SGD(network.parameters(), lr=options.initial_lr, momentum=options.momentum,
@@ -162,7 +162,7 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
     done = _finished(state, options)
     if not done:
         _run_epochs(network, optimizer, scaler, state, metrics, options, plan, configuration, data_folder,
-                    train_ids, val_ids or train_ids, model_dir, ranks, device, workers, progress, amp_dtype,
+                    train_ids, val_ids or train_ids, previous, model_dir, ranks, device, workers, progress, amp_dtype,
                     checkpoint_every_s, checkpoint_state, say)
         if ranks.is_main:
             save_checkpoint(final_path, checkpoint_state())
@@ -177,8 +177,12 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
         else:
             dataset_dir = Path(load_fingerprint(output_dir / plan.fingerprint_file).dataset_dir)
             start = time.time()
+            next_stage = None
+            if config.next_stage and config.next_stage in plan.configurations:
+                next_stage = (preprocessed_folder(output_dir, plan, config.next_stage), model_dir / NEXT_STAGE_DIR)
             summary = validate_fold(network, plan, configuration, data_folder, dataset_dir, val_ids,
-                                    model_dir / "validation", device, amp_dtype, progress=progress)
+                                    model_dir / "validation", device, amp_dtype, progress=progress,
+                                    previous=previous, next_stage=next_stage)
             say(f"validation: mean foreground Dice {summary['foreground_mean_dice']:.4f} over "
                 f"{summary['num_cases']} cases ({time.time() - start:.0f} s) -> {summary_path}")
     distributed.barrier(ranks)
@@ -198,7 +202,7 @@ def _progress_fraction(state: _State, options: TrainOptions) -> float:
 
 
 def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], options: TrainOptions, plan: Plan,
-                configuration: str, data_folder: Path, train_ids, val_ids, model_dir: Path, ranks, device,
+                configuration: str, data_folder: Path, train_ids, val_ids, previous, model_dir: Path, ranks, device,
                 workers, progress: bool, amp_dtype, checkpoint_every_s: float, checkpoint_state, say) -> None:
     from tqdm import tqdm
 
@@ -210,12 +214,13 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
         # on a CPU device the model needs the cores; one worker keeps up with a CPU-speed step
         workers = 1 if device.type == "cpu" else max(1, min(12, cpus // ranks.world_size - 1))
     train_batches = batch_iterator(
-        IndexedBatches(data_folder, train_ids, settings, batch_size, options.seed, TRAIN_STREAM, ranks.rank, True),
+        IndexedBatches(data_folder, train_ids, settings, batch_size, options.seed, TRAIN_STREAM, ranks.rank, True,
+                       previous, len(plan.labels)),
         state.iteration, workers, device.type == "cuda")
     val_iterations = options.val_iterations
     val_batches = batch_iterator(
         IndexedBatches(data_folder, val_ids, settings, batch_size, options.seed, VALIDATION_STREAM, ranks.rank,
-                       False), state.epoch * val_iterations, 0, False)
+                       False, previous, len(plan.labels)), state.epoch * val_iterations, 0, False)
     weights = deep_supervision_weights(config.num_stages - 1)
     model = DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None) \
         if ranks.active else network

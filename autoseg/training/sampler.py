@@ -28,15 +28,19 @@ class Case:
     image: np.ndarray  # (C, z, y, x), memory-mapped
     label: np.ndarray  # (z, y, x)
     class_locations: dict[int, np.ndarray]  # label value -> (n, 3) voxel coordinates
+    previous: np.ndarray | None = None  # (z, y, x) the cascade's previous-stage segmentation, memory-mapped
 
 
-def open_cases(folder: Path, case_ids: list[str]) -> list[Case]:
+def open_cases(folder: Path, case_ids: list[str], previous: dict[str, Path] | None = None) -> list[Case]:
     cases = []
     for case_id in case_ids:
         image, label, props = load_case(folder, case_id)
         locations = {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3)
                      for k, v in props.class_locations.items() if len(v)}
-        cases.append(Case(image, label, locations))
+        earlier = np.load(previous[case_id], mmap_mode="r") if previous else None
+        if earlier is not None and earlier.shape != label.shape:
+            raise ValueError(f"{previous[case_id]}: shape {earlier.shape} is not the case's grid {label.shape}")
+        cases.append(Case(image, label, locations, earlier))
     return cases
 
 
@@ -84,27 +88,33 @@ class PatchSampler:
             classes = sorted(case.class_locations)
             locations = case.class_locations[classes[rng.integers(len(classes))]]
             point = locations[rng.integers(len(locations))].tolist()
+        previous = case.previous
         if self.ndim == 2:
             z = point[0] if point is not None else int(rng.integers(spatial[0]))
             centre = point[1:] if point is not None else self._random_centre(rng, spatial[1:])
             image, label = case.image[:, z], case.label[z]
+            previous = previous[z] if previous is not None else None
         else:
             centre = point if point is not None else self._random_centre(rng, spatial)
             image, label = case.image, case.label
         start = [c - s // 2 for c, s in zip(centre, self.sample_size)]
-        return (crop_padded(image, start, self.sample_size, 0).astype(np.float32, copy=False),
-                crop_padded(label, start, self.sample_size, OUTSIDE))
+        image = crop_padded(image, start, self.sample_size, 0).astype(np.float32, copy=False)
+        label = crop_padded(label, start, self.sample_size, OUTSIDE)[None]
+        if previous is not None:  # a second label channel, so spatial augmentation moves it with the label
+            label = np.concatenate([label, crop_padded(previous, start, self.sample_size, 0)[None].astype(label.dtype)])
+        return image, label
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-        """{'data': (B, C, *sample_size) float32, 'seg': (B, 1, *sample_size) in the stored label dtype}; the last
-        foreground_count(B) samples are centred on foreground."""
+        """{'data': (B, C, *sample_size) float32, 'seg': (B, 1, *sample_size) in the stored label dtype (B, 2, ...)
+        with the cascade's previous-stage segmentation}; the last foreground_count(B) samples are centred on
+        foreground."""
         n_forced = foreground_count(batch_size, self.foreground_fraction)
         images, labels = [], []
         for i in range(batch_size):
             case = self.cases[rng.integers(len(self.cases))]
             image, label = self.sample(rng, case, force_foreground=i >= batch_size - n_forced)
             images.append(image)
-            labels.append(label[None])
+            labels.append(label)
         return {"data": np.stack(images), "seg": np.stack(labels)}
 
 

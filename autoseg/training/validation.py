@@ -13,8 +13,10 @@ from autoseg.evaluation.metrics import dice_per_class
 from autoseg.inference.sliding_window import predict_logits, softmax_
 from autoseg.jsonio import write_json_atomic
 from autoseg.planning.plan_types import Plan
-from autoseg.preprocessing.case import restore_segmentation, write_like_source
-from autoseg.preprocessing.storage import load_case
+from autoseg.preprocessing.case import label_on_grid_of, restore_segmentation, write_like_source
+from autoseg.preprocessing.properties import load_properties
+from autoseg.preprocessing.storage import case_paths, load_case, save_npy_atomic
+from autoseg.training.cascade import one_hot_channels
 
 SUMMARY = "summary.json"
 
@@ -26,8 +28,13 @@ def _mean(values) -> float | None:
 
 def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, dataset_dir: Path,
                   case_ids: list[str], out_dir: Path, device: torch.device, amp_dtype=None, mirror: bool = True,
-                  progress: bool = True) -> dict:
-    """Predict, restore, write `<case><ending>` and score every case; returns (and writes) the summary."""
+                  progress: bool = True, previous: dict[str, Path] | None = None,
+                  next_stage: tuple[Path, Path] | None = None) -> dict:
+    """Predict, restore, write `<case><ending>` and score every case; returns (and writes) the summary.
+
+    previous: the cascade's previous-stage segmentations (input channels). next_stage: (the next stage's
+    preprocessed folder, where to put this stage's segmentations on that grid for it).
+    """
     from tqdm import tqdm
 
     config = plan.configurations[configuration]
@@ -38,8 +45,15 @@ def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, d
     per_case = []
     for case_id in tqdm(case_ids, desc="validation", disable=not progress, dynamic_ncols=True):
         image, _, props = load_case(preprocessed, case_id)
+        if previous is not None:
+            image = np.concatenate([image, one_hot_channels(np.load(previous[case_id]), len(plan.labels))])
         logits = predict_logits(network, image, config.patch_size, len(plan.labels), device, mirror_axes, amp_dtype)
-        segmentation = restore_segmentation(softmax_(logits).numpy(), props, plan)
+        probabilities = softmax_(logits).numpy()
+        if next_stage is not None:
+            next_props = load_properties(case_paths(next_stage[0], case_id)[2])
+            on_next_grid = label_on_grid_of(probabilities.argmax(0).astype(np.uint8), props, next_props, plan)
+            save_npy_atomic(next_stage[1] / f"{case_id}.npy", on_next_grid)
+        segmentation = restore_segmentation(probabilities, props, plan)
         write_like_source(segmentation, props, out_dir / f"{case_id}{props.source.file_format}")
         reference, _ = read_image(label_files[case_id])
         dice = dice_per_class(segmentation, reference, labels.values())
