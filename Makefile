@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	@echo "progress plot: $(DEMO_OUT)/Dataset004_Hippocampus24/models/3d_fullres/fold_0/progress.png"
 	$(BIN)/autoseg predict -i autoseg/demo/Dataset004_Hippocampus24/imagesTs -o $(DEMO_OUT)/predictions \
 		-m $(DEMO_OUT)/Dataset004_Hippocampus24/models
-	$(BIN)/python -m autoseg.demo.dice $(DEMO_OUT)/predictions autoseg/demo/Dataset004_Hippocampus24/labelsTs
+	$(BIN)/autoseg evaluate $(DEMO_OUT)/predictions autoseg/demo/Dataset004_Hippocampus24/labelsTs --labels 1 2
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, DatasetInvalid
+from autoseg.errors import AutosegError, CasesFailed, DatasetInvalid
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
 from autoseg.training.options import TrainOptions
 
@@ -108,6 +109,33 @@ def _cmd_predict(args) -> int:
         print(f"autoseg: error: {len(result.failed)} case(s) failed: {', '.join(sorted(result.failed))} "
               f"(details in {result.output_dir / SUMMARY_FILE})", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from autoseg.evaluation.evaluate import SUMMARY_FILE, evaluate_folder
+
+    output = args.output or str(Path(args.pred_dir) / SUMMARY_FILE)
+    summary = evaluate_folder(args.pred_dir, args.ref_dir, args.labels, output, args.tolerance, args.workers,
+                              progress=not args.quiet)
+    print(f"{'label':>8}{'Dice':>8}{'IoU':>8}{'HD95 mm':>10}{'NSD':>8}   ({summary['num_cases']} cases, "
+          f"NSD at {summary['tolerance_mm']:g} mm)")
+    rows = [(label, m) for label, m in summary["mean"].items()] + [("fg mean", summary["foreground_mean"])]
+    for label, m in rows:
+        print(f"{label:>8}" + "".join(f"{m[k]:{w}.{d}f}" for k, w, d in
+                                     (("dice", 8, 4), ("iou", 8, 4), ("hd95", 10, 2), ("nsd", 8, 4))))
+    print(f"-> {output}, {Path(output).parent / 'cases.csv'}, {Path(output).parent / 'boxplots.png'}")
+    return 0
+
+
+def _cmd_find_best(args) -> int:
+    from autoseg.evaluation.find_best import find_best, format_candidates
+    from autoseg.inference.model import INFERENCE_FILE
+
+    choice = find_best(args.output_dir, args.configs, args.workers, progress=not args.quiet,
+                       tolerance_mm=args.tolerance)
+    print(format_candidates(choice))
+    print(f"-> {Path(args.output_dir) / 'models' / INFERENCE_FILE}")
     return 0
 
 
@@ -215,6 +243,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip cases whose outputs already exist (a killed run's finished cases)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
+
+    ev = sub.add_parser(
+        "evaluate", help="score predicted label maps against references",
+        description="Per case and class: Dice, IoU, TP/FP/FN voxels, predicted and reference volume (mm^3), "
+                    "95th-percentile Hausdorff distance and normalized surface Dice in mm. Writes summary.json, "
+                    "cases.csv and boxplots.png. Every reference needs a prediction of the same name and grid.")
+    ev.add_argument("pred_dir", metavar="PRED_DIR", help="folder of predicted label maps")
+    ev.add_argument("ref_dir", metavar="REF_DIR", help="folder of reference label maps (same file names)")
+    ev.add_argument("--labels", nargs="+", type=int, default=None, metavar="VALUE",
+                    help="label values to score (default: every nonzero value present)")
+    ev.add_argument("-o", "--output", default=None, metavar="FILE", help="summary path (default PRED_DIR/summary.json)")
+    ev.add_argument("--tolerance", type=_positive_float, default=1.0, metavar="MM",
+                    help="normalized surface Dice tolerance in mm (default 1)")
+    ev.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: CPU count, max 8)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    fb = sub.add_parser(
+        "find-best", help="pick the configuration (or ensemble) to predict with, and its postprocessing",
+        description="Evaluate each trained configuration's cross-validation predictions and every pairwise "
+                    "ensemble, pick the best mean foreground Dice (ties to the simpler), decide its "
+                    "postprocessing, and write OUTPUT_DIR/models/inference.json for autoseg predict.")
+    fb.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder with plan.json and models/")
+    fb.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=None, metavar="NAME",
+                    help="configurations to consider (default: every one with a validated fold)")
+    fb.add_argument("--tolerance", type=_positive_float, default=1.0, metavar="MM",
+                    help="normalized surface Dice tolerance in mm (default 1)")
+    fb.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: CPU count, max 8)")
+    fb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    fb.set_defaults(func=_cmd_find_best)
     return parser
 
 
@@ -222,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DatasetInvalid as e:
+    except (DatasetInvalid, CasesFailed) as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         print(f"autoseg: error: {e}", file=sys.stderr)

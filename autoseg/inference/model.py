@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.jsonio import to_dict
+from autoseg.jsonio import from_dict, to_dict
 from autoseg.planning.plan_types import Plan, load_plan
 from autoseg.postprocessing import Postprocessing, load_postprocessing
 from autoseg.training.checkpoint import FINAL, LATEST, load_checkpoint
 from autoseg.training.network import build_network
 
-INFERENCE_FILE = "inference.json"  # written by find-best: the configuration to use by default
+INFERENCE_FILE = "inference.json"  # written by find-best: the configuration(s) to use by default
 
 
 @dataclass
@@ -41,14 +41,24 @@ def trained_folds(models_dir: Path, configuration: str) -> list[str]:
     return sorted(folds, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
 
 
+def read_inference_choice(models_dir: Path) -> tuple[list[str], Postprocessing] | None:
+    """find-best's choice: (configurations, postprocessing), or None when find-best has not run."""
+    path = models_dir / INFERENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        choice = json.loads(path.read_text())
+        configurations = [str(c) for c in choice["configurations"]]
+        postprocessing = from_dict(Postprocessing, choice["postprocessing"], where=str(path))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise AutosegError(f"{path}: not a valid find-best choice (rerun autoseg find-best)") from None
+    if not configurations:
+        raise AutosegError(f"{path}: names no configuration (rerun autoseg find-best)")
+    return configurations, postprocessing
+
+
 def default_configuration(models_dir: Path) -> str:
-    """find-best's choice when it was made, else the only trained configuration, else 3d_fullres."""
-    choice = models_dir / INFERENCE_FILE
-    if choice.is_file():
-        try:
-            return json.loads(choice.read_text())["configuration"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise AutosegError(f"{choice}: not a valid inference choice (rerun autoseg find-best)") from None
+    """The only trained configuration, else 3d_fullres when trained."""
     trained = sorted(p.name for p in models_dir.iterdir() if p.is_dir() and trained_folds(models_dir, p.name)) \
         if models_dir.is_dir() else []
     if not trained:

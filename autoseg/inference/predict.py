@@ -7,7 +7,6 @@ is reported in one line and the others go on.
 """
 from __future__ import annotations
 
-import math
 import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,10 +19,12 @@ import torch
 from autoseg.allocator import retain_freed_memory
 from autoseg.errors import AutosegError
 from autoseg.inference.inputs import InputCase, find_input_cases, read_input_case
-from autoseg.inference.model import TrainedModel, load_trained_model
+from autoseg.inference.model import TrainedModel, load_trained_model, read_inference_choice
+from autoseg.inference.outputs import ENTROPY_SUFFIX, PROBABILITIES_SUFFIX, normalized_entropy
+from autoseg.inference.outputs import save_probabilities as save_probabilities_file
 from autoseg.inference.sliding_window import STEP, predict_logits, softmax_
-from autoseg.jsonio import TEMP_PREFIX, atomic_path, write_json_atomic
-from autoseg.postprocessing import apply_postprocessing
+from autoseg.jsonio import TEMP_PREFIX, write_json_atomic
+from autoseg.postprocessing import Postprocessing, apply_postprocessing
 from autoseg.preprocessing.case import (label_on_grid_of, preprocess_case, restore_probabilities,
                                         restore_segmentation, write_like_source)
 from autoseg.preprocessing.properties import CaseProperties
@@ -32,8 +33,6 @@ from autoseg.training.distributed import resolve_device
 from autoseg.training.precision import autocast_dtype
 
 SUMMARY_FILE = "prediction_summary.json"
-PROBABILITIES_SUFFIX = "_probabilities.npz"
-ENTROPY_SUFFIX = "_entropy"
 
 
 @dataclass
@@ -46,7 +45,8 @@ class PredictResult:
 
 @dataclass
 class _Prepared:
-    case: InputCase
+    """One case preprocessed for one model."""
+
     image: np.ndarray
     props: CaseProperties
     previous: tuple[np.ndarray, CaseProperties] | None = None  # the cascade's low-resolution input
@@ -72,9 +72,9 @@ def predict(input_path, output_dir, models_dir, configuration: str | None = None
     dev = resolve_device(device)
     if dev.type == "cpu":
         retain_freed_memory()
-    model = load_trained_model(models_dir, configuration, folds, dev)
+    models, postprocessing = load_models(models_dir, configuration, folds, dev)
     output_dir = Path(output_dir)
-    cases, problems = find_input_cases(input_path, model.num_channels)
+    cases, problems = find_input_cases(input_path, models[0].num_channels)
     inputs = {p.resolve() for c in cases for p in c.files}
     for case in cases:
         for path in output_paths(case, output_dir, save_probabilities):
@@ -108,7 +108,7 @@ def predict(input_path, output_dir, models_dir, configuration: str | None = None
                 case = next(pending, None)
                 if case is None:
                     return
-                ahead.append((case, readers.submit(_prepare, case, model)))
+                ahead.append((case, readers.submit(_prepare, case, models)))
 
         def collect(limit: int):
             while len(exporting) > limit:
@@ -127,7 +127,8 @@ def predict(input_path, output_dir, models_dir, configuration: str | None = None
             refill()
             try:
                 prepared = future.result()
-                probabilities = _predict_probabilities(model, prepared, dev, amp_dtype, mirror, step)
+                probabilities = [_predict_probabilities(model, inputs, dev, amp_dtype, mirror, step)
+                                 for model, inputs in zip(models, prepared)]
             except Exception as e:  # noqa: BLE001 - reported per case; the run goes on
                 result.failed[case.case_id] = _one_line(e, case)
                 _say(result.failed[case.case_id])
@@ -135,14 +136,15 @@ def predict(input_path, output_dir, models_dir, configuration: str | None = None
                 continue
             del future
             collect(workers - 1)  # bounded: at most `workers` finished cases wait in memory
-            exporting.append((case, writers.submit(_export, prepared, probabilities, model, output_dir,
-                                                   save_probabilities)))
+            exporting.append((case, writers.submit(_export, case, prepared, probabilities, models, postprocessing,
+                                                   output_dir, save_probabilities)))
             del prepared, probabilities
             bar.update()
         collect(0)
         bar.close()
     write_json_atomic(output_dir / SUMMARY_FILE, {
-        "configuration": model.configuration, "folds": model.folds, "mirroring": mirror, "step": step,
+        "configuration": " + ".join(m.configuration for m in models), "folds": models[0].folds,
+        "mirroring": mirror, "step": step,
         "written": sorted(result.written), "skipped": sorted(result.skipped),
         "failed": dict(sorted(result.failed.items()))})
     return result
@@ -159,17 +161,35 @@ def _one_line(error: Exception, case: InputCase) -> str:
     return f"{case.files[0]}: prediction failed ({type(error).__name__}{': ' + detail[:200] if detail else ''})"
 
 
-def _prepare(case: InputCase, model: TrainedModel) -> _Prepared:
-    data, header = read_input_case(case, model.num_channels)
-    image, _, props = preprocess_case(data, model.plan, model.configuration, file_format=case.ending,
-                                      nifti_header=header)
-    previous = None
-    if model.previous_stage is not None:
-        stage = model.previous_stage
-        low_image, _, low_props = preprocess_case(data, stage.plan, stage.configuration, file_format=case.ending,
-                                                  nifti_header=header)
-        previous = (low_image, low_props)
-    return _Prepared(case, image, props, previous)
+def load_models(models_dir, configuration: str | None, folds, device) -> tuple[list[TrainedModel], Postprocessing | None]:
+    """The model(s) to predict with and the postprocessing to apply.
+
+    Without --config, find-best's choice (models/inference.json: one configuration or an ensemble, and
+    its postprocessing) when there is one; else one configuration with its own saved postprocessing.
+    """
+    models_dir = Path(models_dir)
+    choice = read_inference_choice(models_dir) if configuration is None else None
+    if choice is None:
+        model = load_trained_model(models_dir, configuration, folds, device)
+        return [model], model.postprocessing
+    configurations, postprocessing = choice
+    return [load_trained_model(models_dir, c, folds, device) for c in configurations], postprocessing
+
+
+def _prepare(case: InputCase, models: list[TrainedModel]) -> list[_Prepared]:
+    data, header = read_input_case(case, models[0].num_channels)
+    prepared = []
+    for model in models:
+        image, _, props = preprocess_case(data, model.plan, model.configuration, file_format=case.ending,
+                                          nifti_header=header)
+        previous = None
+        if model.previous_stage is not None:
+            stage = model.previous_stage
+            low_image, _, low_props = preprocess_case(data, stage.plan, stage.configuration,
+                                                      file_format=case.ending, nifti_header=header)
+            previous = (low_image, low_props)
+        prepared.append(_Prepared(image, props, previous))
+    return prepared
 
 
 def _network_probabilities(model: TrainedModel, image: np.ndarray, dev, amp_dtype, mirror: bool,
@@ -200,21 +220,26 @@ def _predict_probabilities(model: TrainedModel, prepared: _Prepared, dev, amp_dt
     return _network_probabilities(model, image, dev, amp_dtype, mirror, step)
 
 
-def _export(prepared: _Prepared, probabilities: torch.Tensor, model: TrainedModel, output_dir: Path,
+def _export(case: InputCase, prepared: list[_Prepared], probabilities: list[torch.Tensor],
+            models: list[TrainedModel], postprocessing: Postprocessing | None, output_dir: Path,
             save_probabilities: bool) -> None:
-    props, plan = prepared.props, model.plan
-    label_path, *extra = output_paths(prepared.case, output_dir, save_probabilities)
-    scores = probabilities.numpy()
-    segmentation = restore_segmentation(scores, props, plan)
-    if model.postprocessing is not None and not model.postprocessing.is_identity:
-        segmentation = apply_postprocessing(segmentation, model.postprocessing)
+    label_path, *extra = output_paths(case, output_dir, save_probabilities)
+    props = prepared[0].props
+    values = sorted(models[0].plan.labels.values())
+    restored = None
+    if len(models) == 1:  # class by class: the memory-light path
+        segmentation = restore_segmentation(probabilities[0].numpy(), props, models[0].plan)
+        if save_probabilities:
+            restored = restore_probabilities(probabilities[0].numpy(), props, models[0].plan)
+    else:  # an ensemble averages probabilities on the scan's own grid, where all members meet
+        for p, model, inputs in zip(probabilities, models, prepared):
+            member = restore_probabilities(p.numpy(), inputs.props, model.plan)
+            restored = member if restored is None else restored + member
+        restored /= len(models)
+        segmentation = np.asarray(values).astype(np.uint8 if max(values) < 256 else np.int16)[restored.argmax(0)]
+    if postprocessing is not None and not postprocessing.is_identity:
+        segmentation = apply_postprocessing(segmentation, postprocessing)
     if save_probabilities:
-        restored = restore_probabilities(scores, props, plan)
-        with atomic_path(extra[0]) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, probabilities=restored.astype(np.float32),
-                                labels=np.asarray(sorted(plan.labels.values())))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            entropy = -np.where(restored > 0, restored * np.log(restored), 0.0).sum(0)
-        write_like_source((entropy / math.log(len(restored))).astype(np.float32), props, extra[1])
+        save_probabilities_file(extra[0], restored, values)
+        write_like_source(normalized_entropy(restored), props, extra[1])
     write_like_source(segmentation, props, label_path)  # last: its presence marks the case finished
-

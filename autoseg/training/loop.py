@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from autoseg.allocator import retain_freed_memory
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import load_fingerprint
-from autoseg.jsonio import from_dict, to_dict, write_json_atomic
+from autoseg.jsonio import from_dict, json_safe, to_dict, write_json_atomic
 from autoseg.planning.plan_types import Plan, load_plan, save_plan
 from autoseg.preprocessing.run import preprocessed_folder
 from autoseg.training import distributed
@@ -255,7 +255,7 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
             state.ema = mean_dice if state.ema is None else EMA_DECAY * state.ema + (1 - EMA_DECAY) * mean_dice
         train_loss = float(distributed.all_sum(torch.tensor([np.mean(losses)]), ranks).item() / ranks.world_size)
         line = {"epoch": state.epoch, "iterations": len(losses), "train_loss": train_loss, "val_loss": val_loss,
-                "pseudo_dice": {name: _none_if_nan(dice[value - 1]) for name, value in plan.labels.items()
+                "pseudo_dice": {name: json_safe(float(dice[value - 1])) for name, value in plan.labels.items()
                                 if value > 0},
                 "mean_pseudo_dice": mean_dice, "ema_pseudo_dice": state.ema, "lr": lr,
                 "iterations_time_s": iterations_time, "epoch_time_s": time.monotonic() - epoch_start,
@@ -318,10 +318,6 @@ def _validation_pass(network, batches, iterations: int, device, num_classes: int
     with np.errstate(invalid="ignore", divide="ignore"):
         dice = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
     return loss, dice
-
-
-def _none_if_nan(value: float):
-    return None if not np.isfinite(value) else float(value)
 
 
 def _fmt(value) -> str:

@@ -11,9 +11,11 @@ import torch
 from autoseg.dataset import load_dataset, read_image
 from autoseg.evaluation.metrics import dice_per_class
 from autoseg.inference.sliding_window import predict_logits, softmax_
-from autoseg.jsonio import write_json_atomic
+from autoseg.jsonio import json_safe, write_json_atomic
 from autoseg.planning.plan_types import Plan
-from autoseg.preprocessing.case import label_on_grid_of, restore_segmentation, write_like_source
+from autoseg.inference.outputs import PROBABILITIES_SUFFIX, save_probabilities
+from autoseg.preprocessing.case import (label_on_grid_of, restore_probabilities, restore_segmentation,
+                                        write_like_source)
 from autoseg.preprocessing.properties import load_properties
 from autoseg.preprocessing.storage import case_paths, load_case, save_npy_atomic
 from autoseg.training.cascade import one_hot_channels
@@ -54,6 +56,10 @@ def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, d
             on_next_grid = label_on_grid_of(probabilities.argmax(0).astype(np.uint8), props, next_props, plan)
             save_npy_atomic(next_stage[1] / f"{case_id}.npy", on_next_grid)
         segmentation = restore_segmentation(probabilities, props, plan)
+        # kept for find-best, which averages configurations' probabilities to evaluate ensembles
+        save_probabilities(out_dir / f"{case_id}{PROBABILITIES_SUFFIX}",
+                           restore_probabilities(probabilities, props, plan).astype(np.float16),
+                           sorted(plan.labels.values()))
         write_like_source(segmentation, props, out_dir / f"{case_id}{props.source.file_format}")
         reference, _ = read_image(label_files[case_id])
         dice = dice_per_class(segmentation, reference, labels.values())
@@ -62,16 +68,6 @@ def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, d
     summary = {"configuration": configuration, "num_cases": len(per_case), "mirroring": mirror,
                "mean_dice": mean, "foreground_mean_dice": _mean([v for v in mean.values() if v is not None]),
                "cases": per_case}
-    write_json_atomic(out_dir / SUMMARY, _json_safe(summary))
+    write_json_atomic(out_dir / SUMMARY, json_safe(summary))
     return summary
 
-
-def _json_safe(obj):
-    """NaN (label absent from prediction and reference) is not JSON: write null."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj

@@ -1,0 +1,130 @@
+"""The `autoseg evaluate` step: every predicted label map against its reference, per case and class.
+
+Writes summary.json (means per class and over foreground classes, every case), a per-case CSV
+and a PNG with a box plot per class per metric. Prediction and reference must share their
+grid; a mismatch fails that case with a line naming it, and nothing is written.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.dataset.image_io import file_ending, read_image
+from autoseg.errors import AutosegError, CasesFailed
+from autoseg.evaluation.metrics import METRIC_NAMES, case_metrics, class_metrics
+from autoseg.jsonio import TEMP_PREFIX, json_safe, write_json_atomic, write_text_atomic
+from autoseg.parallel import default_workers, map_cases
+
+SUMMARY_VERSION = 1
+SUMMARY_FILE, CASES_FILE, PLOT_FILE = "summary.json", "cases.csv", "boxplots.png"
+MEAN_METRICS = ("dice", "iou", "hd95", "nsd")
+
+
+def paired_cases(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
+    """(case id, prediction, reference) for every reference image; a missing prediction is an error."""
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    for folder in (pred_dir, ref_dir):
+        if not folder.is_dir():
+            raise AutosegError(f"{folder}: no such folder")
+    references = sorted(p for p in ref_dir.iterdir() if p.is_file() and file_ending(p)
+                        and not p.name.startswith((".", TEMP_PREFIX)))
+    if not references:
+        raise AutosegError(f"{ref_dir}: no reference label files")
+    missing = [p.name for p in references if not (pred_dir / p.name).is_file()]
+    if missing:
+        raise AutosegError(f"{pred_dir / missing[0]}: no prediction for this reference"
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return [(p.name[:-len(file_ending(p))], pred_dir / p.name, p) for p in references]
+
+
+def _evaluate_case(task):
+    case_id, pred_path, ref_path, labels, tolerance = task
+    try:
+        prediction, pred_geometry = read_image(pred_path)
+        reference, ref_geometry = read_image(ref_path)
+    except AutosegError as e:
+        return case_id, None, str(e)
+    if prediction.shape != reference.shape:
+        return case_id, None, (f"{pred_path}: shape {prediction.shape} differs from the reference's "
+                               f"{reference.shape} ({ref_path})")
+    diffs = pred_geometry.matches(ref_geometry)
+    if diffs:
+        return case_id, None, f"{pred_path}: geometry differs from the reference ({'; '.join(diffs)})"
+    if labels is None:  # every foreground value either map holds
+        labels = sorted((set(np.unique(reference).tolist()) | set(np.unique(prediction).tolist())) - {0})
+    metrics = case_metrics(prediction, reference, ref_geometry.spacing, labels, tolerance)
+    return case_id, {str(v): m.as_dict() for v, m in metrics.items()}, None
+
+
+def _nanmean(values) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def summarize(cases: list[dict], labels: list[int], tolerance_mm: float) -> dict:
+    """Means per class (over cases where the class is defined) and over foreground classes."""
+    mean = {str(v): {m: _nanmean([c["metrics"][str(v)][m] for c in cases]) for m in METRIC_NAMES}
+            for v in labels}
+    foreground = {m: _nanmean([mean[str(v)][m] for v in labels]) for m in MEAN_METRICS}
+    return {"version": SUMMARY_VERSION, "tolerance_mm": tolerance_mm, "labels": labels, "num_cases": len(cases),
+            "mean": mean, "foreground_mean": foreground, "cases": cases}
+
+
+def evaluate_pairs(pairs: list[tuple[str, Path, Path]], labels=None, tolerance_mm: float = 1.0,
+                   workers: int | None = None, progress: bool = True) -> dict:
+    """The summary of (case id, prediction, reference) pairs; raises CasesFailed listing every bad case."""
+    if tolerance_mm <= 0:
+        raise AutosegError(f"--tolerance must be positive, got {tolerance_mm}")
+    labels = sorted(int(v) for v in labels) if labels is not None else None
+    tasks = [(case_id, pred, ref, labels, tolerance_mm) for case_id, pred, ref in pairs]
+    workers = default_workers() if workers is None else workers
+    results, problems = [], []
+    for case_id, metrics, problem in map_cases(_evaluate_case, tasks, workers, progress, "evaluate"):
+        if problem:
+            problems.append(problem)
+        else:
+            results.append((case_id, metrics))
+    if problems:
+        raise CasesFailed(f"{Path(pairs[0][1]).parent}", problems)
+    found = labels if labels is not None else sorted({int(v) for _, m in results for v in m})
+    empty = class_metrics(np.zeros(1, bool), np.zeros(1, bool), (1.0,)).as_dict()  # absent from both
+    cases = []
+    for (case_id, metrics), (_, pred, ref) in zip(results, pairs):
+        cases.append({"case": case_id, "prediction": str(pred), "reference": str(ref),
+                      "metrics": {str(v): metrics.get(str(v), empty) for v in found}})
+    return summarize(cases, found, tolerance_mm)
+
+
+def evaluate_folder(pred_dir, ref_dir, labels=None, output=None, tolerance_mm: float = 1.0,
+                    workers: int | None = None, progress: bool = True) -> dict:
+    """Evaluate PRED_DIR against REF_DIR; writes summary.json (default PRED_DIR/summary.json), cases.csv and
+    boxplots.png beside it, and returns the summary."""
+    summary = evaluate_pairs(paired_cases(Path(pred_dir), Path(ref_dir)), labels, tolerance_mm, workers, progress)
+    output = Path(output) if output is not None else Path(pred_dir) / SUMMARY_FILE
+    write_report(summary, output)
+    return summary
+
+
+def write_report(summary: dict, output: Path) -> None:
+    """summary.json at `output`, cases.csv and boxplots.png beside it, each written atomically."""
+    from autoseg.evaluation.boxplots import plot_boxplots
+
+    write_json_atomic(output, json_safe(summary))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case", "label", *METRIC_NAMES])
+    for case in summary["cases"]:
+        for label, metrics in case["metrics"].items():
+            writer.writerow([case["case"], label, *[_csv_value(metrics[m]) for m in METRIC_NAMES]])
+    write_text_atomic(output.parent / CASES_FILE, buffer.getvalue())
+    plot_boxplots(summary, output.parent / PLOT_FILE)
+
+
+def _csv_value(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
