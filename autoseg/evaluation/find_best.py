@@ -48,11 +48,14 @@ def _crossval_predictions(models: Path, configuration: str, folds, references: d
     return pairs
 
 
-def _ensemble(models: Path, members: tuple[str, ...], pairs_by_member: list[list], out_dir: Path, labels_of):
+def _ensemble(pairs_by_member: list[list], out_dir: Path):
     """Average the members' saved probabilities per case, write the argmax label maps; returns the pairs."""
     pairs = []
     for rows in zip(*pairs_by_member):
         case_id, _, reference = rows[0]
+        if any(row[0] != case_id for row in rows):  # both configurations validate the folds of one splits.json
+            raise AutosegError(f"{rows[1][1].parent}: validation cases differ from {rows[0][1].parent}; "
+                               f"were the configurations trained on different splits?")
         total, values = None, None
         for _, prediction, _ in rows:
             path = prediction.parent / f"{case_id}{PROBABILITIES_SUFFIX}"
@@ -61,7 +64,7 @@ def _ensemble(models: Path, members: tuple[str, ...], pairs_by_member: list[list
                                    f"{prediction.parent.parent.parent.name} to save probabilities")
             probabilities, values = load_probabilities(path)
             total = probabilities.astype(np.float32) if total is None else total + probabilities
-        segmentation = values.astype(labels_of(values))[total.argmax(0)]
+        segmentation = values.astype(_label_dtype(values))[total.argmax(0)]
         _, geometry = read_image(reference)
         target = out_dir / reference.name
         write_image_like(segmentation, target, geometry.spacing, geometry.origin, geometry.direction,
@@ -101,7 +104,7 @@ def find_best(output_dir, configurations=None, workers: int | None = None, progr
     pairs = {(c,): _crossval_predictions(models, c, common, references) for c in configurations}
     for a, b in itertools.combinations(configurations, 2):
         out_dir = models / ENSEMBLES_DIR / f"{a}__{b}" / "crossval"
-        pairs[(a, b)] = _ensemble(models, (a, b), [pairs[(a,)], pairs[(b,)]], out_dir, _label_dtype)
+        pairs[(a, b)] = _ensemble([pairs[(a,)], pairs[(b,)]], out_dir)
 
     candidates = []
     for members, member_pairs in pairs.items():
