@@ -303,3 +303,15 @@ def test_saved_postprocessing_is_applied(trained, tmp_path):
         before = np.asarray(nib.load(str(plain / path.name)).dataobj)
         assert ndimage.label(after > 0)[1] <= 1
         assert np.array_equal(after, apply_postprocessing(before, Postprocessing(largest_component_of_foreground=True)))
+
+
+def test_slab_wise_argmax_equals_argmax_of_resampled_volumes(monkeypatch):
+    from autoseg.preprocessing import resample
+    rng = np.random.default_rng(5)
+    volumes = rng.normal(size=(3, 10, 17, 13)).astype(np.float32)
+    volumes[1, :3] = volumes[0, :3]  # ties go to the lower class, like argmax
+    monkeypatch.setattr(resample, "BLOCK_VOXELS", 900)  # several blocks of output slabs
+    for kernels in (["linear"] * 3, ["nearest", "linear", "linear"]):
+        expected = np.stack([resample.resample_volume(v, (23, 9, 30), kernels) for v in volumes]).argmax(0)
+        assert np.array_equal(resample.resample_argmax(volumes, (23, 9, 30), kernels), expected)
+    assert np.array_equal(resample.resample_argmax(volumes, volumes.shape[1:], ["linear"] * 3), volumes.argmax(0))

@@ -93,5 +93,8 @@ def read_input_case(case: InputCase, num_channels: int) -> tuple[CaseData, bytes
                                        expectation="the model expects")
     if problems:
         raise AutosegError(problems[0] + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
-    image = np.stack([np.asarray(c, dtype=np.float32) for c in channels])
+    image = np.empty((len(channels), *channels[0].shape), np.float32)  # one float32 copy, not two
+    for c, channel in enumerate(channels):
+        image[c] = channel
+    del channels
     return CaseData(case.case_id, image, None, geometry), nifti_header_bytes(case.files[0])

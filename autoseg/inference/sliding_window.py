@@ -20,8 +20,9 @@ import torch.nn.functional as F
 STEP = 0.5  # tile stride as a fraction of the patch
 SIGMA_SCALE = 1 / 8
 MIN_WEIGHT = 1e-3  # weight of a tile's corner voxel: never zero, so every voxel gets a prediction
-VOXELS_PER_FORWARD = 8  # patches per forward pass (tiles x mirrors), in units of one patch
-SLICES_PER_BATCH = 32
+# Voxels per forward pass (tiles x mirrors): enough to batch all mirrors of a small 3D patch, while a
+# large CT patch goes one at a time, so activations stay within a few hundred MB.
+VOXELS_PER_FORWARD = 2 ** 20
 # Accumulators above this size hold float16 logits: plenty for an argmax between classes, half the memory.
 FLOAT32_ACCUMULATOR_BYTES = 512 * 2 ** 20
 
@@ -78,19 +79,21 @@ def _weight_sums(shape, patch, starts) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def _mean_logits(networks, tiles: torch.Tensor, flips) -> torch.Tensor:
-    """Mean logits over networks and mirrors; all mirrors of the tiles go through one forward pass."""
-    batch = torch.cat([torch.flip(tiles, flip) if flip else tiles for flip in flips])
+def _mean_logits(networks, tiles: torch.Tensor, flips, flips_per_pass: int) -> torch.Tensor:
+    """Mean logits over networks and mirrors; `flips_per_pass` mirrors of the tiles share a forward pass."""
     n = tiles.shape[0]
     out = None
     for network in networks:
-        logits = network(batch)
-        logits = logits[0] if isinstance(logits, (list, tuple)) else logits
-        logits = logits.float()
-        for k, flip in enumerate(flips):
-            part = logits[k * n:(k + 1) * n]
-            part = torch.flip(part, flip) if flip else part
-            out = part.clone() if out is None else out.add_(part)
+        for first in range(0, len(flips), flips_per_pass):
+            group = flips[first:first + flips_per_pass]
+            batch = torch.cat([torch.flip(tiles, flip) if flip else tiles for flip in group])
+            logits = network(batch)
+            logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+            logits = logits.float()
+            for k, flip in enumerate(group):
+                part = logits[k * n:(k + 1) * n]
+                part = torch.flip(part, flip) if flip else part
+                out = part.clone() if out is None else out.add_(part)
     return out.div_(len(flips) * len(networks))
 
 
@@ -130,10 +133,12 @@ def predict_logits(networks, image: np.ndarray, patch_size, num_classes: int, de
     boxes = [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in itertools.product(*starts)]
     weight = gaussian_importance(patch).to(device)
     flips = mirror_flips(ndim, mirror_axes)
-    for row_range, group in _tile_groups(rows, boxes, ndim, len(flips)):
+    patches_per_pass = max(1, VOXELS_PER_FORWARD // int(np.prod(patch)))  # a 2D patch counts once per slice
+    flips_per_pass = min(len(flips), patches_per_pass)
+    for row_range, group in _tile_groups(rows, boxes, ndim, max(1, patches_per_pass // flips_per_pass)):
         tiles = torch.cat([volume[(row_range, slice(None)) + box] for box in group]).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = _mean_logits(networks, tiles, flips)
+            logits = _mean_logits(networks, tiles, flips, flips_per_pass)
         logits = (logits * weight).to("cpu", accumulate_dtype)
         m = row_range.stop - row_range.start
         for j, box in enumerate(group):
@@ -162,14 +167,12 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _tile_groups(n_rows: int, boxes, ndim: int, n_flips: int):
-    """(rows of the batch axis, boxes) per forward pass: several 3D tiles, or many slices of one 2D tile."""
+def _tile_groups(n_rows: int, boxes, ndim: int, per_pass: int):
+    """(rows of the batch axis, boxes) per forward pass: `per_pass` 3D tiles, or as many slices of one 2D tile."""
     if ndim == 3:
-        per_pass = max(1, VOXELS_PER_FORWARD // n_flips)
         for k in range(0, len(boxes), per_pass):
             yield slice(0, 1), boxes[k:k + per_pass]
     else:
-        per_pass = max(1, SLICES_PER_BATCH // n_flips)
         for box in boxes:
             for i in range(0, n_rows, per_pass):
                 yield slice(i, min(i + per_pass, n_rows)), [box]

@@ -13,8 +13,8 @@ from autoseg.preprocessing.crop import OUTSIDE, crop_to_nonzero
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.properties import PROPERTIES_VERSION, CaseProperties, SourceGeometry
 from autoseg.planning.spacing import resampled_shape
-from autoseg.preprocessing.resample import (axis_kernels, resample_image, resample_label, resample_volume,
-                                            separate_coarse_axis)
+from autoseg.preprocessing.resample import (axis_kernels, resample_argmax, resample_image, resample_label,
+                                            resample_volume, separate_coarse_axis)
 
 KERNEL_OF_ORDER = {0: "nearest", 1: "linear", 3: "cubic"}
 CLASS_LOCATIONS_PER_CLASS = 10_000
@@ -100,21 +100,13 @@ def restore_probabilities(probabilities: np.ndarray, props: CaseProperties, plan
 
 def restore_segmentation(scores, props: CaseProperties, plan: Plan) -> np.ndarray:
     """(C, grid) class probabilities (or any per-class scores) on the preprocessed grid -> the label map
-    on the source grid.
+    on the source grid (argmax; ties go to the lower class).
 
-    One class at a time with a running argmax, so memory stays at two crop-sized volumes (plus a
-    label map) whatever the number of classes; ties go to the lower class, like argmax.
+    Resampled a block of slabs at a time (resample_argmax), so memory stays at one label map of the
+    source's size plus a slab per class, whatever the size of the scan.
     """
     kernels = _kernels(plan, props.target_spacing, props.spacing, "linear")
-    best = best_class = None
-    for c in range(len(scores)):
-        channel = resample_volume(np.array(scores[c], dtype=np.float32), props.shape_after_crop, kernels)
-        if best is None:
-            best, best_class = channel, np.zeros(channel.shape, np.uint8 if len(scores) <= 256 else np.int16)
-            continue
-        better = channel > best
-        best_class[better] = c
-        np.maximum(best, channel, out=best)
+    best_class = resample_argmax(np.asarray(scores), props.shape_after_crop, kernels)
     values = np.asarray(sorted(plan.labels.values()))
     segmentation = values.astype(np.uint8 if values.max() < 256 and values.min() >= 0 else np.int16)[best_class]
     return _uncrop_and_untranspose(segmentation, props, plan, 0)

@@ -8,14 +8,19 @@ from autoseg.planning.plan_types import ChannelNormalization
 EPS = 1e-8
 
 
-def normalize_channel(channel: np.ndarray, rule: ChannelNormalization, mask: np.ndarray | None) -> np.ndarray:
-    """Normalize one channel (float32 result).
+def normalize_channel(channel: np.ndarray, rule: ChannelNormalization, mask: np.ndarray | None,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """Normalize one channel (float32 result, written into `out` when given).
 
     ct: clip to the dataset's foreground 0.5/99.5 percentiles, z-score with its foreground
     mean/std. zscore: this image's mean/std, over the nonzero mask when the plan says so
     (voxels outside the mask are set to 0). rescale_0_1: min-max. none: unchanged.
     """
-    x = channel.astype(np.float32, copy=True)
+    if out is None:
+        x = channel.astype(np.float32, copy=True)
+    else:
+        x = out
+        x[...] = channel
     if rule.scheme == "ct":
         np.clip(x, rule.clip_low, rule.clip_high, out=x)
         x -= rule.mean
@@ -24,7 +29,9 @@ def normalize_channel(channel: np.ndarray, rule: ChannelNormalization, mask: np.
         if rule.use_nonzero_mask and mask is not None:
             inside = x[mask]
             mean, std = float(inside.mean()) if inside.size else 0.0, float(inside.std()) if inside.size else 1.0
-            x = np.where(mask, (x - mean) / max(std, EPS), 0.0).astype(np.float32)
+            x -= mean
+            x /= max(std, EPS)
+            x[~mask] = 0.0
         else:
             mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
             x -= mean
@@ -37,4 +44,8 @@ def normalize_channel(channel: np.ndarray, rule: ChannelNormalization, mask: np.
 
 
 def normalize(image: np.ndarray, rules: list[ChannelNormalization], mask: np.ndarray | None) -> np.ndarray:
-    return np.stack([normalize_channel(c, r, mask) for c, r in zip(image, rules)])
+    """(C, ...) float32; one output array, no per-channel copies (a CT volume is hundreds of MB)."""
+    out = np.empty(image.shape, np.float32)
+    for c, (channel, rule) in enumerate(zip(image, rules)):
+        normalize_channel(channel, rule, mask, out[c])
+    return out

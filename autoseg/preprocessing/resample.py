@@ -115,6 +115,29 @@ def resample_volume(volume: np.ndarray, new_shape, kernels: list[str]) -> np.nda
     return out
 
 
+def resample_argmax(volumes: np.ndarray, new_shape, kernels: list[str]) -> np.ndarray:
+    """Index of the largest of C volumes (C, z, y, x) after resampling each to new_shape; ties go to the
+    lower index, like argmax.
+
+    Computed one block of output slabs at a time, so no resampled float volume of full size ever
+    exists: restoring a CT's class probabilities to its own grid costs a slab, not a volume, per class.
+    """
+    new_shape = tuple(int(s) for s in new_shape)
+    out = np.empty(new_shape, np.uint8 if len(volumes) <= 256 else np.int16)
+    for start, stop, lo, hi, matrix in _blocks(volumes.shape[1:], new_shape, kernels[0]):
+        best = index = None
+        for c in range(len(volumes)):
+            slab = _resample_slab(volumes[c, lo:hi], matrix, new_shape, kernels)
+            if best is None:
+                best, index = np.array(slab, dtype=np.float32), np.zeros(slab.shape, out.dtype)
+                continue
+            better = slab > best
+            index[better] = c
+            np.maximum(best, slab, out=best)
+        out[start:stop] = index
+    return out
+
+
 def resample_image(image: np.ndarray, new_shape, kernels: list[str]) -> np.ndarray:
     """(C, z, y, x) channels resampled independently."""
     if tuple(image.shape[1:]) == tuple(new_shape):
