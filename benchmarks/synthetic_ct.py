@@ -7,6 +7,9 @@ Three cases: "big" (512x512x400 voxels at 0.78 x 0.78 x 1.5 mm) and "small1"/"sm
 case must be resampled. Content: int16 HU (-1000 air, ~40 HU soft-tissue ellipsoid with noise,
 300-700 HU bone blobs), labels liver = 1 and a small tumor = 2 inside it. Built slab by slab
 from broadcast 1D coordinates, so memory stays at a few hundred MB.
+
+write_ct_predict_dataset() (for bench_predict.py) writes five small 128x128x64 training cases at
+1.6 x 1.6 x 3.0 mm and, beside the dataset, one 512x512x300 test scan at 0.8 x 0.8 x 1.5 mm.
 """
 from __future__ import annotations
 
@@ -83,6 +86,40 @@ def write_ct_dataset(root: Path, dataset_name: str = "Dataset950_SynthCT") -> Pa
             "numTraining": len(CASES), "file_ending": ".nii.gz", "name": dataset_name}
     (folder / "dataset.json").write_text(json.dumps(meta, indent=2))  # written last: marks complete
     return folder
+
+
+# Prediction benchmark: small training cases at twice the test scan's spacing (so the 3d_fullres
+# network sees the 512x512x300 test scan at 256x256x150 and a CPU sliding window takes minutes, not an
+# hour), one test scan of typical CT geometry kept outside the dataset.
+PREDICT_TRAIN = ((128, 128, 64), (1.6, 1.6, 3.0))  # shape x, y, z; spacing x, y, z (mm)
+PREDICT_TEST = ((512, 512, 300), (0.8, 0.8, 1.5))
+PREDICT_TEST_CASE = "ct512"
+
+
+def write_ct_predict_dataset(root: Path, dataset_name: str = "Dataset951_SynthCTPredict",
+                             train_cases: int = 5) -> tuple[Path, Path]:
+    """Write (or reuse) `train_cases` small cases as a dataset plus one 512x512x300 scan in a folder
+    beside it; return (dataset folder, folder holding {PREDICT_TEST_CASE}_0000.nii.gz)."""
+    folder = Path(root) / dataset_name
+    test = Path(root) / f"{dataset_name}_test"
+    if (folder / "dataset.json").is_file() and (test / f"{PREDICT_TEST_CASE}_0000.nii.gz").is_file():
+        return folder, test
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    test.mkdir(parents=True, exist_ok=True)
+    shape, spacing = PREDICT_TEST
+    image, _ = _case(shape, 100)
+    _write(image, spacing, test / f"{PREDICT_TEST_CASE}_0000.nii.gz")
+    del image
+    shape, spacing = PREDICT_TRAIN
+    for i in range(train_cases):
+        image, label = _case(shape, 10 + i)
+        _write(image, spacing, folder / "imagesTr" / f"ct{i:03d}_0000.nii.gz")
+        _write(label, spacing, folder / "labelsTr" / f"ct{i:03d}.nii.gz")
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumor": 2},
+            "numTraining": train_cases, "file_ending": ".nii.gz", "name": dataset_name}
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2))  # written last: marks complete
+    return folder, test
 
 
 if __name__ == "__main__":
