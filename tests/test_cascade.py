@@ -1,7 +1,6 @@
 """The cascade end to end on tiny synthetic data: low-resolution folds, their cross-validation
 predictions on the full-resolution grid, the second stage trained on them, prediction through both."""
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np

@@ -4,7 +4,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,7 +200,6 @@ def test_postprocessing_keeps_real_second_components(tmp_path):
 # --- find-best ------------------------------------------------------------------------------------------
 
 def test_find_best_end_to_end_and_predict_follows_it(tmp_path):
-    from autoseg.evaluation.find_best import find_best
     from autoseg.planning.run import plan_dataset
     from autoseg.preprocessing import preprocess_dataset
     from autoseg.training.loop import train

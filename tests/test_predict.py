@@ -240,14 +240,20 @@ def test_corrupt_inputs_fail_alone_with_one_line_each(trained, tmp_path):
     assert sorted(summary["failed"]) == ["nan", "truncated", "twochannels"]
 
 
-def test_missing_channel_file_is_named(trained_two_channels, tmp_path):
+def test_missing_channel_file_and_channels_on_different_grids_are_named(trained_two_channels, tmp_path):
     images = Path(json.loads((trained_two_channels / "fingerprint.json").read_text())["dataset_dir"]) / "imagesTr"
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(images / "case_000_0000.nii.gz", inputs)
+    shutil.copy(images / "case_001_0000.nii.gz", inputs)
+    moved = nib.load(str(images / "case_001_0001.nii.gz"))
+    shifted = moved.affine.copy()
+    shifted[0, 3] += 4.0
+    _nifti(inputs / "case_001_0001.nii.gz", np.asarray(moved.dataobj), shifted)
     proc = _autoseg("predict", "-i", inputs, "-o", tmp_path / "out", "-m", trained_two_channels / "models", "-q",
                     check=False)
     assert proc.returncode == 1 and "case_000_0001.nii.gz: missing" in proc.stderr
+    assert "case_001_0001.nii.gz: geometry differs from channel 0 (origin" in proc.stderr
 
 
 def test_never_overwrites_an_input(trained, tmp_path):

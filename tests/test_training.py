@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.errors import AutosegError
 from autoseg.preprocessing.crop import OUTSIDE
 from autoseg.training.augmentation import augmentation_settings, build_transforms, sample_size
 from autoseg.training.batches import TRAIN_STREAM, IndexedBatches
