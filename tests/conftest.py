@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,15 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 HIPPOCAMPUS = SHARED_DATA / "Dataset004_Hippocampus"
+
+
+def run_autoseg(*args, check=True, **kw) -> subprocess.CompletedProcess:
+    """`python -m autoseg ARGS` from the repo; with check, a non-zero exit fails the test showing stderr."""
+    proc = subprocess.run([sys.executable, "-m", "autoseg", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, **kw)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
 
 
 def require_data(path: Path) -> Path:

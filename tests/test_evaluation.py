@@ -2,8 +2,6 @@
 import csv
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,15 +10,7 @@ from scipy.spatial import cKDTree
 
 from autoseg.evaluation.metrics import class_metrics, image_diagonal_mm, surface
 
-from conftest import REPO, write_image, write_nnunet_dataset
-
-
-def _autoseg(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "autoseg", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
+from conftest import run_autoseg, write_image, write_nnunet_dataset
 
 
 # --- hand-computed -------------------------------------------------------------------------------------
@@ -135,7 +125,7 @@ def test_evaluate_writes_summary_csv_and_boxplots(tmp_path):
     pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
     for k in range(4):
         _label_pair(pred_dir, ref_dir, f"case{k}.nii.gz", rng)
-    proc = _autoseg("evaluate", pred_dir, ref_dir, "--workers", "2", "-q")
+    proc = run_autoseg("evaluate", pred_dir, ref_dir, "--workers", "2", "-q")
     assert "fg mean" in proc.stdout
     summary = json.loads((pred_dir / "summary.json").read_text())
     assert summary["num_cases"] == 4 and summary["labels"] == [1, 2]
@@ -154,12 +144,12 @@ def test_evaluate_names_a_case_whose_geometry_differs(tmp_path):
     _label_pair(pred_dir, ref_dir, "good.nii.gz", rng)
     pred, _ = _label_pair(pred_dir, ref_dir, "shifted.nii.gz", rng)
     write_image(pred_dir / "shifted.nii.gz", pred, (2.0, 1.0, 1.0), origin=(5.0, 0.0, 0.0))
-    proc = _autoseg("evaluate", pred_dir, ref_dir, "-q", check=False)
+    proc = run_autoseg("evaluate", pred_dir, ref_dir, "-q", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "shifted.nii.gz: geometry differs from the reference (origin" in proc.stderr
     assert not (pred_dir / "summary.json").exists()
     (pred_dir / "good.nii.gz").unlink()
-    proc = _autoseg("evaluate", pred_dir, ref_dir, "-q", check=False)
+    proc = run_autoseg("evaluate", pred_dir, ref_dir, "-q", check=False)
     assert proc.returncode == 1 and "good.nii.gz: no prediction for this reference" in proc.stderr
 
 
@@ -214,7 +204,7 @@ def test_find_best_end_to_end_and_predict_follows_it(tmp_path):
         for fold in ("0", "1"):
             train(out, fold, configuration, options, device="cpu", workers=0, progress=False)
 
-    proc = _autoseg("find-best", out, "--workers", "1", "-q")
+    proc = run_autoseg("find-best", out, "--workers", "1", "-q")
     choice = json.loads((out / "models/inference.json").read_text())
     assert len(choice["candidates"]) == 3 and choice["folds"] == ["0", "1"]
     names = {" + ".join(c["configurations"]) for c in choice["candidates"]}
@@ -230,7 +220,7 @@ def test_find_best_end_to_end_and_predict_follows_it(tmp_path):
     assert json.loads((ensemble / "summary.json").read_text())["num_cases"] == len(validated)
 
     pred = tmp_path / "pred"
-    _autoseg("predict", "-i", data / "imagesTr", "-o", pred, "-m", out / "models", "--no-tta", "-q")
+    run_autoseg("predict", "-i", data / "imagesTr", "-o", pred, "-m", out / "models", "--no-tta", "-q")
     summary = json.loads((pred / "prediction_summary.json").read_text())
     assert summary["configuration"] == " + ".join(choice["configurations"])
 
@@ -238,6 +228,6 @@ def test_find_best_end_to_end_and_predict_follows_it(tmp_path):
     choice.update(configurations=["2d", "3d_fullres"])
     (out / "models/inference.json").write_text(json.dumps(choice))
     ens = tmp_path / "ens"
-    _autoseg("predict", "-i", data / "imagesTr", "-o", ens, "-m", out / "models", "--no-tta", "-q")
+    run_autoseg("predict", "-i", data / "imagesTr", "-o", ens, "-m", out / "models", "--no-tta", "-q")
     assert json.loads((ens / "prediction_summary.json").read_text())["configuration"] == "2d + 3d_fullres"
     assert len(list(ens.glob("*.nii.gz"))) == 6

@@ -18,17 +18,9 @@ import torch
 from autoseg.inference.sliding_window import mirror_flips, predict_logits
 from autoseg.postprocessing import Postprocessing, apply_postprocessing, save_postprocessing
 
-from conftest import REPO, write_nnunet_dataset
+from conftest import REPO, run_autoseg, write_nnunet_dataset
 
 FAST = ["--precision", "fp32", "--workers", "0", "-q", "--no-validation"]
-
-
-def _autoseg(*args, check=True, **kw):
-    proc = subprocess.run([sys.executable, "-m", "autoseg", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, **kw)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
 
 
 def _train_tiny(root: Path, n_channels: int, folds) -> Path:
@@ -41,7 +33,7 @@ def _train_tiny(root: Path, n_channels: int, folds) -> Path:
     plan_dataset(data, out, workers=1, configurations=("3d_fullres",), progress=False)
     preprocess_dataset(out, workers=1, progress=False)
     for fold in folds:
-        _autoseg("train", out, "--fold", fold, "--epochs", "1", "--iterations-per-epoch", "2", *FAST)
+        run_autoseg("train", out, "--fold", fold, "--epochs", "1", "--iterations-per-epoch", "2", *FAST)
     return out
 
 
@@ -130,7 +122,7 @@ def test_largest_component_steps():
 def test_predicts_every_case_in_its_own_geometry(trained, tmp_path):
     images = Path(json.loads((trained / "fingerprint.json").read_text())["dataset_dir"]) / "imagesTr"
     out = tmp_path / "pred"
-    proc = _autoseg("predict", "-i", images, "-o", out, "-m", trained / "models", "--device", "cpu", "-q")
+    proc = run_autoseg("predict", "-i", images, "-o", out, "-m", trained / "models", "--device", "cpu", "-q")
     assert "predicted 6 case(s)" in proc.stdout
     summary = json.loads((out / "prediction_summary.json").read_text())
     assert summary["folds"] == ["0", "1"] and summary["failed"] == {} and len(summary["written"]) == 6
@@ -167,7 +159,7 @@ def test_orientation_round_trip_is_bit_identical(trained, tmp_path):
     assert len(expected) == 49
 
     out = tmp_path / "out"
-    _autoseg("predict", "-i", inputs, "-o", out, "-m", trained / "models", "--folds", "0", "--no-tta", "-q")
+    run_autoseg("predict", "-i", inputs, "-o", out, "-m", trained / "models", "--folds", "0", "--no-tta", "-q")
     for name, header in expected.items():
         written = nib.load(str(out / name)).header
         for field in ("dim", "pixdim", "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
@@ -189,7 +181,7 @@ def test_multichannel_input_by_suffix_and_as_4d(trained_two_channels, tmp_path):
     _nifti(as_4d / "case_000.nii.gz", stacked, channels[0].affine)
     models = trained_two_channels / "models"
     for folder in (by_suffix, as_4d):
-        _autoseg("predict", "-i", folder, "-o", tmp_path / f"out_{folder.name}", "-m", models, "-q")
+        run_autoseg("predict", "-i", folder, "-o", tmp_path / f"out_{folder.name}", "-m", models, "-q")
     a = nib.load(str(tmp_path / "out_suffix/case_000.nii.gz"))
     b = nib.load(str(tmp_path / "out_4d/case_000.nii.gz"))
     assert a.shape == b.shape == channels[0].shape
@@ -201,7 +193,7 @@ def test_probabilities_and_entropy_in_source_geometry(trained, tmp_path):
     images = Path(json.loads((trained / "fingerprint.json").read_text())["dataset_dir"]) / "imagesTr"
     source = images / "case_001_0000.nii.gz"
     out = tmp_path / "out"
-    _autoseg("predict", "-i", source, "-o", out, "-m", trained / "models", "--save-probabilities", "-q")
+    run_autoseg("predict", "-i", source, "-o", out, "-m", trained / "models", "--save-probabilities", "-q")
     label = nib.load(str(out / "case_001.nii.gz"))
     saved = np.load(out / "case_001_probabilities.npz")
     probs = saved["probabilities"]
@@ -227,7 +219,7 @@ def test_corrupt_inputs_fail_alone_with_one_line_each(trained, tmp_path):
     nan[3, 4, 5] = np.nan
     _nifti(inputs / "nan_0000.nii.gz", nan, good.affine)
     _nifti(inputs / "twochannels.nii.gz", np.stack([nan, nan], -1), good.affine)
-    proc = _autoseg("predict", "-i", inputs, "-o", tmp_path / "out", "-m", trained / "models", "-q", check=False)
+    proc = run_autoseg("predict", "-i", inputs, "-o", tmp_path / "out", "-m", trained / "models", "-q", check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -250,7 +242,7 @@ def test_missing_channel_file_and_channels_on_different_grids_are_named(trained_
     shifted = moved.affine.copy()
     shifted[0, 3] += 4.0
     _nifti(inputs / "case_001_0001.nii.gz", np.asarray(moved.dataobj), shifted)
-    proc = _autoseg("predict", "-i", inputs, "-o", tmp_path / "out", "-m", trained_two_channels / "models", "-q",
+    proc = run_autoseg("predict", "-i", inputs, "-o", tmp_path / "out", "-m", trained_two_channels / "models", "-q",
                     check=False)
     assert proc.returncode == 1 and "case_000_0001.nii.gz: missing" in proc.stderr
     assert "case_001_0001.nii.gz: geometry differs from channel 0 (origin" in proc.stderr
@@ -262,7 +254,7 @@ def test_never_overwrites_an_input(trained, tmp_path):
     folder.mkdir()
     shutil.copy(images / "case_000_0000.nii.gz", folder / "scan.nii.gz")
     before = (folder / "scan.nii.gz").read_bytes()
-    proc = _autoseg("predict", "-i", folder, "-o", folder, "-m", trained / "models", "-q", check=False)
+    proc = run_autoseg("predict", "-i", folder, "-o", folder, "-m", trained / "models", "-q", check=False)
     assert proc.returncode == 1 and "would overwrite an input scan" in proc.stderr
     assert (folder / "scan.nii.gz").read_bytes() == before
 
@@ -284,7 +276,7 @@ def test_continue_after_a_kill_finishes_the_rest(trained, tmp_path):
     proc.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in out.glob("scan*.nii.gz")}
     assert 3 <= len(finished) < 16, "the kill should land mid-run"
-    rerun = _autoseg(*args, "--continue")
+    rerun = run_autoseg(*args, "--continue")
     assert f"{len(finished)} already done" in rerun.stdout
     for name, mtime in finished.items():
         assert (out / name).stat().st_mtime_ns == mtime, f"{name} was predicted again"
@@ -299,10 +291,10 @@ def test_saved_postprocessing_is_applied(trained, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(trained / "models", models)
     plain = tmp_path / "plain"
-    _autoseg("predict", "-i", images, "-o", plain, "-m", models, "--no-tta", "-q")
+    run_autoseg("predict", "-i", images, "-o", plain, "-m", models, "--no-tta", "-q")
     save_postprocessing(Postprocessing(largest_component_of_foreground=True), models / "3d_fullres")
     post = tmp_path / "post"
-    _autoseg("predict", "-i", images, "-o", post, "-m", models, "--no-tta", "-q")
+    run_autoseg("predict", "-i", images, "-o", post, "-m", models, "--no-tta", "-q")
     from scipy import ndimage
     for path in sorted(post.glob("*.nii.gz")):
         after = np.asarray(nib.load(str(path)).dataobj)

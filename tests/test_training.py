@@ -20,7 +20,7 @@ from autoseg.training.distributed import Ranks, rank_batch_size
 from autoseg.training.sampler import Case, PatchSampler, crop_padded, enlarged_sample_size, foreground_count
 from autoseg.training.schedule import parse_duration, poly_lr
 
-from conftest import REPO, write_nnunet_dataset
+from conftest import REPO, run_autoseg, write_nnunet_dataset
 
 FAST = ["--precision", "fp32", "--workers", "0", "-q"]
 
@@ -140,14 +140,6 @@ def _copy(planned, tmp_path) -> Path:
     return dest
 
 
-def _autoseg(*args, check=True, **kw):
-    proc = subprocess.run([sys.executable, "-m", "autoseg", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, **kw)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
-
-
 def test_training_reduces_the_loss_and_writes_the_model_folder(planned, tmp_path):
     from autoseg.training.loop import train
     from autoseg.training.options import TrainOptions
@@ -175,7 +167,7 @@ def test_training_reduces_the_loss_and_writes_the_model_folder(planned, tmp_path
 
 def test_two_dimensional_configuration_trains_and_validates(planned, tmp_path):
     out = _copy(planned, tmp_path)
-    _autoseg("train", out, "--config", "2d", "--epochs", "1", "--iterations-per-epoch", "3", *FAST)
+    run_autoseg("train", out, "--config", "2d", "--epochs", "1", "--iterations-per-epoch", "3", *FAST)
     summary = json.loads((out / "models/2d/fold_0/validation/summary.json").read_text())
     assert summary["configuration"] == "2d" and summary["num_cases"] == 2
 
@@ -187,7 +179,7 @@ def _final_state(folder: Path) -> dict:
 def test_killed_run_resumes_to_the_same_state_as_an_uninterrupted_one(planned, tmp_path):
     args = ["--epochs", "6", "--iterations-per-epoch", "4", "--checkpoint-every", "0", "--no-validation", *FAST]
     straight = _copy(planned, tmp_path / "a")
-    _autoseg("train", straight, *args)
+    run_autoseg("train", straight, *args)
 
     killed = _copy(planned, tmp_path / "b")
     metrics = killed / "models/3d_fullres/fold_0/metrics.jsonl"
@@ -200,7 +192,7 @@ def test_killed_run_resumes_to_the_same_state_as_an_uninterrupted_one(planned, t
     proc.wait()
     assert len(metrics.read_text().splitlines()) < 6, "the run finished before it could be killed"
     assert not (killed / "models/3d_fullres/fold_0/checkpoint_final.pt").exists()
-    _autoseg("train", killed, *args)
+    run_autoseg("train", killed, *args)
 
     a, b = _final_state(straight / "models/3d_fullres/fold_0"), _final_state(killed / "models/3d_fullres/fold_0")
     assert a["state"]["epoch"] == b["state"]["epoch"] == 6
@@ -229,25 +221,25 @@ def test_batches_depend_only_on_their_index(planned):
 def test_cli_errors_are_one_line(planned, tmp_path):
     out = _copy(planned, tmp_path)
     shutil.rmtree(out / "preprocessed" / "3d_fullres")
-    proc = _autoseg("train", out, *FAST, check=False)
+    proc = run_autoseg("train", out, *FAST, check=False)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "autoseg preprocess" in proc.stderr
     out = _copy(planned, tmp_path / "x")
-    proc = _autoseg("train", out, "--resume", *FAST, check=False)
+    proc = run_autoseg("train", out, "--resume", *FAST, check=False)
     assert proc.returncode == 1 and "nothing to resume" in proc.stderr
-    proc = _autoseg("train", out, "--fold", "7", *FAST, check=False)
+    proc = run_autoseg("train", out, "--fold", "7", *FAST, check=False)
     assert proc.returncode == 1 and "fold 7 does not exist" in proc.stderr
-    proc = _autoseg("train", out, "--config", "3d_lowres", *FAST, check=False)
+    proc = run_autoseg("train", out, "--config", "3d_lowres", *FAST, check=False)
     assert proc.returncode == 1 and "no configuration 3d_lowres" in proc.stderr
-    _autoseg("train", out, "--epochs", "1", "--iterations-per-epoch", "1", "--no-validation", *FAST)
-    proc = _autoseg("train", out, "--epochs", "2", "--iterations-per-epoch", "1", *FAST, check=False)
+    run_autoseg("train", out, "--epochs", "1", "--iterations-per-epoch", "1", "--no-validation", *FAST)
+    proc = run_autoseg("train", out, "--epochs", "2", "--iterations-per-epoch", "1", *FAST, check=False)
     assert proc.returncode == 1 and "epochs: 1 -> 2" in proc.stderr and proc.stderr.count("\n") == 1
-    proc = _autoseg("train", out, "--time-budget", "soon", *FAST, check=False)
+    proc = run_autoseg("train", out, "--time-budget", "soon", *FAST, check=False)
     assert proc.returncode == 2 and "not a duration" in proc.stderr
 
 
 def test_time_budget_fits_the_schedule_into_the_budget(planned, tmp_path):
     out = _copy(planned, tmp_path)
-    _autoseg("train", out, "--time-budget", "4s", "--iterations-per-epoch", "5", "--no-validation", *FAST)
+    run_autoseg("train", out, "--time-budget", "4s", "--iterations-per-epoch", "5", "--no-validation", *FAST)
     metrics = [json.loads(x) for x in (out / "models/3d_fullres/fold_0/metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["train_seconds"] >= 4.0
     assert metrics[-1]["train_seconds"] < 4.0 + 3 * max(m["epoch_time_s"] for m in metrics)
