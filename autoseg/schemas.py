@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from autoseg.fingerprint import Fingerprint
+from autoseg.inference.report import CaseReport
 from autoseg.jsonio import json_schema, write_text_atomic
 from autoseg.planning.plan_types import Plan
 from autoseg.postprocessing import Postprocessing
@@ -19,7 +20,8 @@ from autoseg.preprocessing.properties import CaseProperties
 SCHEMA_FILES = {"schema.json": (Plan, "autoseg plan.json"),
                 "fingerprint.schema.json": (Fingerprint, "autoseg fingerprint.json"),
                 "properties.schema.json": (CaseProperties, "autoseg preprocessed case properties"),
-                "postprocessing.schema.json": (Postprocessing, "autoseg postprocessing.json")}
+                "postprocessing.schema.json": (Postprocessing, "autoseg postprocessing.json"),
+                "case_report.schema.json": (CaseReport, "autoseg per-case prediction report")}
 
 
 def schemas() -> dict[str, dict]:
