@@ -98,17 +98,46 @@ def _step(text: str) -> float:
 
 
 def _cmd_predict(args) -> int:
-    from autoseg.inference.predict import SUMMARY_FILE, predict
+    from autoseg.inference.predict import SUMMARY_FILE, PredictOptions, parse_part, predict
 
-    result = predict(args.input, args.output, args.models, args.config, args.folds, mirror=not args.no_tta,
-                     step=args.step, device=args.device, save_probabilities=args.save_probabilities,
-                     workers=args.workers, skip_existing=args.resume, progress=not args.quiet)
+    options = PredictOptions(configuration=args.config, folds=args.folds, mirror=not args.no_tta, step=args.step,
+                             device=args.device, precision=args.precision, save_probabilities=args.save_probabilities,
+                             workers=args.workers, skip_existing=args.resume, progress=not args.quiet,
+                             strict=args.strict, preview=args.preview,
+                             part=parse_part(args.part) if args.part else None)
+    result = predict(args.input, args.output, args.models, options)
     skipped = f", {len(result.skipped)} already done" if result.skipped else ""
     print(f"predicted {len(result.written)} case(s){skipped} -> {result.output_dir}")
     if result.failed:
         print(f"autoseg: error: {len(result.failed)} case(s) failed: {', '.join(sorted(result.failed))} "
               f"(details in {result.output_dir / SUMMARY_FILE})", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from autoseg.model.package import ExportOptions, export_package, format_card
+
+    card = export_package(args.output_dir, args.output,
+                          ExportOptions(args.config, args.folds, half=args.half, description=args.description or ""))
+    print(format_card(card), end="")
+    print(f"written: {args.output}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from autoseg.model.package import model_card_text
+
+    print(model_card_text(args.package), end="")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from autoseg.serve import ServeOptions, serve
+
+    serve(args.package, ServeOptions(host=args.host, port=args.port, workers=args.workers, max_queue=args.max_queue,
+                                     max_request_mb=args.max_request_mb, timeout_s=args.timeout,
+                                     device=args.device, mirror=not args.no_tta))
     return 0
 
 
@@ -130,7 +159,7 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_find_best(args) -> int:
     from autoseg.evaluation.find_best import find_best, format_candidates
-    from autoseg.inference.model import INFERENCE_FILE
+    from autoseg.model.trained import INFERENCE_FILE
 
     choice = find_best(args.output_dir, args.configs, args.workers, progress=not args.quiet,
                        tolerance_mm=args.tolerance)
@@ -226,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and geometry of its input scan. Cases that fail are listed; the others still complete.")
     pr.add_argument("-i", "--input", required=True, metavar="INPUT", help="scan file or folder of scans")
     pr.add_argument("-o", "--output", required=True, metavar="OUTPUT_DIR", help="folder for the label maps")
-    pr.add_argument("-m", "--models", required=True, metavar="MODELS_DIR", help="OUTPUT_DIR/models of training")
+    pr.add_argument("-m", "--models", required=True, metavar="MODEL",
+                    help="a model package (autoseg export) or a training folder's OUTPUT_DIR/models")
     pr.add_argument("--config", default=None, choices=CONFIGURATION_NAMES, metavar="NAME",
                     help="configuration (default: find-best's choice, else the only trained one, else 3d_fullres)")
     pr.add_argument("--folds", nargs="+", type=_fold, default=None, metavar="K",
@@ -241,8 +271,55 @@ def build_parser() -> argparse.ArgumentParser:
                     help="threads reading/preprocessing and restoring/writing cases beside the network (default 1)")
     pr.add_argument("--continue", dest="resume", action="store_true",
                     help="skip cases whose outputs already exist (a killed run's finished cases)")
+    pr.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                    help="auto (default): fp16 on CUDA, bf16 on CPUs with native bfloat16, else fp32")
+    pr.add_argument("--strict", action="store_true",
+                    help="fail a case whose input checks warn (spacing, size, intensities unlike the training scans)")
+    pr.add_argument("--preview", action="store_true",
+                    help="also write {case}_preview.png: three orthogonal slices with the labels overlaid")
+    pr.add_argument("--part", default=None, metavar="K/N",
+                    help="predict only the K-th of N shares of the cases (several machines over one folder)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser(
+        "export", help="pack a trained model into one file for prediction anywhere",
+        description="Write one file with everything prediction needs: plans, weights of each fold, the "
+                    "postprocessing and find-best choice, label and channel names, the training summary used "
+                    "by the input checks, a model card, and a manifest with the sha256 of every member.")
+    ex.add_argument("output_dir", metavar="OUTPUT_DIR", help="the training folder (with plan.json and models/)")
+    ex.add_argument("-o", "--output", required=True, metavar="FILE", help="the package to write, e.g. model.autoseg")
+    ex.add_argument("--config", default=None, choices=CONFIGURATION_NAMES, metavar="NAME",
+                    help="configuration (default: find-best's choice, else the only trained one, else 3d_fullres)")
+    ex.add_argument("--folds", nargs="+", type=_fold, default=None, metavar="K",
+                    help="folds to include (default: every fold with a final checkpoint)")
+    ex.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
+    ex.add_argument("--description", default=None, metavar="TEXT", help="free text for the model card")
+    ex.set_defaults(func=_cmd_export)
+
+    inf = sub.add_parser("info", help="print a model package's card",
+                         description="Verify a model package and print its model card.")
+    inf.add_argument("package", metavar="FILE", help="a model package")
+    inf.set_defaults(func=_cmd_info)
+
+    sv = sub.add_parser(
+        "serve", help="answer predictions over HTTP (needs the serve extra)",
+        description="Load a model package once and serve POST /predict, GET /health and GET /model. Binds to "
+                    "127.0.0.1 unless --host says otherwise. Needs `pip install autoseg[serve]`.")
+    sv.add_argument("package", metavar="MODEL", help="a model package (or a training folder's models/)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--workers", type=_positive_int, default=2,
+                    help="threads reading and writing requests beside the network (default 2)")
+    sv.add_argument("--max-queue", type=_positive_int, default=8, metavar="N",
+                    help="requests waiting or running before new ones get 503 (default 8)")
+    sv.add_argument("--max-request-mb", type=_positive_float, default=512.0, metavar="MB",
+                    help="largest accepted upload (default 512)")
+    sv.add_argument("--timeout", type=_positive_float, default=600.0, metavar="SECONDS",
+                    help="a request still unanswered after this gets 504 (default 600)")
+    sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    sv.add_argument("--no-tta", action="store_true", help="no mirroring")
+    sv.set_defaults(func=_cmd_serve)
 
     ev = sub.add_parser(
         "evaluate", help="score predicted label maps against references",

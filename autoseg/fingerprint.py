@@ -14,11 +14,13 @@ import numpy as np
 
 from autoseg.dataset import Dataset, load_dataset, read_case
 from autoseg.dataset.layout import Case
+from autoseg.dataset.orientation import (dataset_orientation, orientation_code, reorientation_between,
+                                         reoriented_bbox, reoriented_shape)
 from autoseg.errors import DatasetInvalid
 from autoseg.jsonio import load_versioned, write_json_atomic
 from autoseg.parallel import default_workers, map_cases
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 SAMPLING_SEED = 1234
 # Foreground intensity samples kept over the whole dataset, per channel; enough for
 # stable 0.5/99.5 percentiles while keeping the pooled array small.
@@ -27,9 +29,10 @@ TOTAL_INTENSITY_SAMPLES = 10_000_000
 
 @dataclass
 class CaseFingerprint:
-    """Geometry of one training case, in the internal (z, y, x) axis order."""
+    """Geometry of one training case, in the internal (z, y, x) axis order of the dataset's orientation."""
 
     case_id: str
+    orientation: str  # as stored, e.g. "RAS"; the measurements below are in the dataset's orientation
     spacing: list[float]
     shape_before_crop: list[int]
     shape_after_crop: list[int]
@@ -62,6 +65,7 @@ class Fingerprint:
     channel_names: dict[str, str]
     labels: dict[str, int]
     file_ending: str
+    orientation: str  # every case's arrays are measured (and later trained) in this orientation
     cases: list[CaseFingerprint]
     foreground_intensity: list[IntensityStats]
     sampling_seed: int = SAMPLING_SEED
@@ -85,7 +89,7 @@ def save_fingerprint(fingerprint: Fingerprint, path) -> None:
 
 
 def load_fingerprint(path) -> Fingerprint:
-    return load_versioned(Fingerprint, path, FINGERPRINT_VERSION)
+    return load_versioned(Fingerprint, path, FINGERPRINT_VERSION, "rerun autoseg plan on the dataset")
 
 
 def bbox_of(mask: np.ndarray) -> list[list[int]]:
@@ -124,9 +128,19 @@ def _fingerprint_case(task: tuple[Dataset, Case, int]):
         if values.size > cap:
             values = values[rng.choice(values.size, cap, replace=False)]
         samples.append(values.astype(np.float32, copy=False))
-    fp = CaseFingerprint(case.case_id, list(data.geometry.spacing), shape_before, shape_after, bbox,
+    fp = CaseFingerprint(case.case_id, orientation_code(data.geometry.direction), list(data.geometry.spacing),
+                         shape_before, shape_after, bbox,
                          float(np.prod(shape_after) / np.prod(shape_before)))
     return fp, samples, []
+
+
+def in_orientation(case: CaseFingerprint, target: str) -> CaseFingerprint:
+    """The case's measurements with its axes moved into orientation `target`."""
+    r = reorientation_between(case.orientation, target)
+    return CaseFingerprint(case.case_id, case.orientation, [case.spacing[a] for a in r.permutation],
+                           reoriented_shape(case.shape_before_crop, r), reoriented_shape(case.shape_after_crop, r),
+                           reoriented_bbox(case.nonzero_bbox, case.shape_before_crop, r),
+                           case.relative_size_after_crop)
 
 
 def _pool_stats(samples: list[np.ndarray]) -> IntensityStats:
@@ -158,8 +172,10 @@ def compute_fingerprint(dataset: Dataset | str | os.PathLike, workers: int | Non
             samples[c].append(s)
     if problems:
         raise DatasetInvalid(dataset.root, problems)
+    orientation = dataset_orientation(c.orientation for c in cases)
+    cases = [in_orientation(c, orientation) for c in cases]
     return Fingerprint(
         version=FINGERPRINT_VERSION, dataset_name=dataset.name, dataset_dir=str(dataset.root.resolve()),
         layout=dataset.layout, channel_names=dataset.channel_names, labels=dataset.labels,
-        file_ending=dataset.file_ending, cases=cases,
+        file_ending=dataset.file_ending, orientation=orientation, cases=cases,
         foreground_intensity=[_pool_stats(s) for s in samples], samples_per_case_cap=cap)

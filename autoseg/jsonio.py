@@ -177,8 +177,9 @@ def from_dict(cls: type[T], data: dict, where: str = "$") -> T:
     return _from_dict(cls, data, where)
 
 
-def load_versioned(cls: type[T], path: str | os.PathLike, version: int) -> T:
-    """Read a JSON document written by `write_json_atomic` and check its version field."""
+def load_versioned(cls: type[T], path: str | os.PathLike, version: int, remedy: str = "") -> T:
+    """Read a JSON document written by `write_json_atomic` and check its version field; `remedy` tells
+    the user how to get a current one (e.g. "rerun autoseg plan")."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -190,7 +191,10 @@ def load_versioned(cls: type[T], path: str | os.PathLike, version: int) -> T:
         raise AutosegError(f"{path}: expected a JSON object")
     found = data.get("version")
     if found != version:
-        raise AutosegError(f"{path}: {cls.__name__} version {found!r} is not supported (expected {version})")
+        older = isinstance(found, int) and found < version
+        raise AutosegError(f"{path}: {cls.__name__} version {found!r} is not supported (expected {version})"
+                           + ("; it was written by an older autoseg" if older else "")
+                           + (f": {remedy}" if remedy else ""))
     return from_dict(cls, data, where=str(path))
 
 

@@ -59,12 +59,12 @@ def synthetic_fingerprint(name: str, spec: dict, seed: int) -> Fingerprint:
         shape = [1 if s == 1 else int(round(s * (1 + rng.uniform(-0.1, 0.1)))) for s in spec["shape"]]
         before = [s if s == 1 else int(round(s / spec["crop"] ** (1 / 3))) for s in shape]
         ratio = float(np.prod(shape) / np.prod(before))
-        cases.append(CaseFingerprint(f"case_{i:03d}", [round(s, 4) for s in spacing], before, shape,
+        cases.append(CaseFingerprint(f"case_{i:03d}", "RAS", [round(s, 4) for s in spacing], before, shape,
                                      [[0, s] for s in shape], ratio))
     ct = any(v.lower() == "ct" for v in spec["channels"].values())
     stats = [IntensityStats(80.0, 60.0, 75.0, -1024.0, 3071.0, -100.0, 300.0, 100000) if ct else
              IntensityStats(500.0, 150.0, 480.0, 0.0, 2000.0, 150.0, 950.0, 100000) for _ in spec["channels"]]
-    return Fingerprint(FINGERPRINT_VERSION, name, "(synthetic)", "nnunet", spec["channels"], LABELS, ".nii.gz",
+    return Fingerprint(FINGERPRINT_VERSION, name, "(synthetic)", "nnunet", spec["channels"], LABELS, ".nii.gz", "RAS",
                        cases, stats)
 
 

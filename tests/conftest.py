@@ -101,3 +101,23 @@ def write_msd_dataset(root: Path, n_cases=4, n_channels=2, shape=(12, 16, 14), s
         "name": "Synthetic", "modality": {str(c): ("MRI" if c == 0 else f"MR{c}") for c in range(n_channels)},
         "labels": {"0": "background", "1": "a", "2": "b"}, "numTraining": n_cases, "training": training}))
     return root
+
+
+FAST_TRAINING = ["--precision", "fp32", "--workers", "0", "-q", "--no-validation"]
+
+
+def train_tiny(root: Path, n_channels: int = 1, folds=("0",), *, validate: bool = False, n_cases: int = 6) -> Path:
+    """A synthetic dataset planned, preprocessed and trained for two iterations per fold: a real model
+    folder in seconds (its predictions are not meant to be good). Returns the training folder."""
+    from autoseg.planning.run import plan_dataset
+    from autoseg.preprocessing import preprocess_dataset
+
+    data = write_nnunet_dataset(root / "Dataset001_Syn", n_cases=n_cases, n_channels=n_channels, shape=(16, 20, 18),
+                                spacing=(1.0, 1.0, 1.0))
+    out = root / "planned"
+    plan_dataset(data, out, workers=1, configurations=("3d_fullres",), progress=False)
+    preprocess_dataset(out, workers=1, progress=False)
+    flags = [f for f in FAST_TRAINING if not (validate and f == "--no-validation")]
+    for fold in folds:
+        run_autoseg("train", out, "--fold", fold, "--epochs", "1", "--iterations-per-epoch", "2", *flags)
+    return out

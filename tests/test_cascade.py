@@ -15,7 +15,8 @@ CONFIGS = ("3d_fullres", "3d_lowres", "3d_cascade_fullres")
 
 
 def test_cascade_trains_on_cross_validation_predictions_and_predicts(tmp_path):
-    from autoseg.inference.predict import predict
+    from autoseg.inference.predict import PredictOptions, predict
+    from autoseg.model.package import ExportOptions, export_package
     from autoseg.planning.plan_types import load_plan
     from autoseg.planning.run import plan_dataset
     from autoseg.preprocessing import preprocess_dataset
@@ -62,8 +63,8 @@ def test_cascade_trains_on_cross_validation_predictions_and_predicts(tmp_path):
     assert state["in_channels"] == 3
 
     pred = tmp_path / "pred"
-    done = predict(data / "imagesTr", pred, out / "models", "3d_cascade_fullres", folds=["0"], mirror=False,
-                   device="cpu", progress=False)
+    options = PredictOptions("3d_cascade_fullres", folds=["0"], mirror=False, device="cpu", progress=False)
+    done = predict(data / "imagesTr", pred, out / "models", options)
     assert not done.failed and len(done.written) == 5
     summary = json.loads((pred / "prediction_summary.json").read_text())
     assert summary["configuration"] == "3d_cascade_fullres"
@@ -71,3 +72,13 @@ def test_cascade_trains_on_cross_validation_predictions_and_predicts(tmp_path):
         written = nib.load(str(pred / f"{case_id}.nii.gz"))
         source = nib.load(str(data / "imagesTr" / f"{case_id}_0000.nii.gz"))
         assert written.shape == source.shape and np.array_equal(written.affine, source.affine)
+
+    # the package of a cascade carries its first stage: the same label maps from the one file
+    package = tmp_path / "cascade.autoseg"
+    export_package(out, package, ExportOptions("3d_cascade_fullres", ["0"]))
+    from_package = tmp_path / "pred_package"
+    done = predict(data / "imagesTr", from_package, package, PredictOptions(mirror=False, device="cpu", progress=False))
+    assert not done.failed and len(done.written) == 5
+    for case_id in done.written:
+        a, b = nib.load(str(from_package / f"{case_id}.nii.gz")), nib.load(str(pred / f"{case_id}.nii.gz"))
+        assert np.array_equal(a.get_fdata(), b.get_fdata()) and a.header.binaryblock == b.header.binaryblock

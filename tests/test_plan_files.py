@@ -8,8 +8,9 @@ import pytest
 
 from autoseg.cli import main
 from autoseg.errors import AutosegError
-from autoseg.fingerprint import compute_fingerprint, load_fingerprint
+from autoseg.fingerprint import FINGERPRINT_VERSION, compute_fingerprint, load_fingerprint
 from autoseg.planning import load_plan
+from autoseg.planning.plan_types import PLAN_VERSION
 from autoseg.planning.run import default_output_dir
 from autoseg.schemas import schemas
 from conftest import REPO, write_nnunet_dataset
@@ -39,7 +40,7 @@ def test_written_files_validate_and_round_trip(planned):
     jsonschema.validate(plan_json, s["schema.json"])
     jsonschema.validate(fp_json, s["fingerprint.schema.json"])
     plan, fp = load_plan(out / "plan.json"), load_fingerprint(out / "fingerprint.json")
-    assert plan.version == 1 and fp.version == 1
+    assert plan.version == PLAN_VERSION and fp.version == FINGERPRINT_VERSION
     assert [n.scheme for n in plan.normalization] == ["ct", "zscore"]
     assert plan.normalization[0].clip_low == fp.foreground_intensity[0].percentile_00_5
 

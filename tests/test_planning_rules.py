@@ -10,12 +10,12 @@ from autoseg.planning.topology import pool_and_conv_layout
 
 
 def make_fingerprint(spacings, shapes, channel_names=None, crop_ratio=1.0, labels=None) -> Fingerprint:
-    cases = [CaseFingerprint(f"c{i}", [float(s) for s in sp], [int(x) for x in sh], [int(x) for x in sh],
+    cases = [CaseFingerprint(f"c{i}", "RAS", [float(s) for s in sp], [int(x) for x in sh], [int(x) for x in sh],
                              [[0, int(x)] for x in sh], crop_ratio) for i, (sp, sh) in enumerate(zip(spacings, shapes))]
     channel_names = channel_names or {"0": "MRI"}
     stats = [IntensityStats(100.0, 20.0, 95.0, -1000.0, 3000.0, -50.0, 400.0, 1000) for _ in channel_names]
     return Fingerprint(FINGERPRINT_VERSION, "synthetic", "/nowhere", "nnunet", channel_names,
-                       labels or {"background": 0, "a": 1, "b": 2}, ".nii.gz", cases, stats)
+                       labels or {"background": 0, "a": 1, "b": 2}, ".nii.gz", "RAS", cases, stats)
 
 
 def jitter(rng, n, centre, rel):

@@ -15,36 +15,19 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from autoseg.inference.sliding_window import mirror_flips, predict_logits
+from autoseg.model.sliding_window import mirror_flips, predict_logits
 from autoseg.postprocessing import Postprocessing, apply_postprocessing, save_postprocessing
 
-from conftest import REPO, run_autoseg, write_nnunet_dataset
-
-FAST = ["--precision", "fp32", "--workers", "0", "-q", "--no-validation"]
-
-
-def _train_tiny(root: Path, n_channels: int, folds) -> Path:
-    from autoseg.planning.run import plan_dataset
-    from autoseg.preprocessing import preprocess_dataset
-
-    data = write_nnunet_dataset(root / "Dataset001_Syn", n_cases=6, n_channels=n_channels, shape=(16, 20, 18),
-                                spacing=(1.0, 1.0, 1.0))
-    out = root / "planned"
-    plan_dataset(data, out, workers=1, configurations=("3d_fullres",), progress=False)
-    preprocess_dataset(out, workers=1, progress=False)
-    for fold in folds:
-        run_autoseg("train", out, "--fold", fold, "--epochs", "1", "--iterations-per-epoch", "2", *FAST)
-    return out
-
+from conftest import REPO, run_autoseg, train_tiny, write_nnunet_dataset
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    return _train_tiny(tmp_path_factory.mktemp("predict1"), 1, ["0", "1"])
+    return train_tiny(tmp_path_factory.mktemp("predict1"), 1, ["0", "1"])
 
 
 @pytest.fixture(scope="module")
 def trained_two_channels(tmp_path_factory) -> Path:
-    return _train_tiny(tmp_path_factory.mktemp("predict2"), 2, ["0"])
+    return train_tiny(tmp_path_factory.mktemp("predict2"), 2, ["0"])
 
 
 def _nifti(path: Path, array_xyz: np.ndarray, affine: np.ndarray) -> Path:

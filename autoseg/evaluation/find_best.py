@@ -21,8 +21,9 @@ from autoseg.errors import AutosegError
 from autoseg.evaluation.evaluate import SUMMARY_FILE, evaluate_pairs, write_report
 from autoseg.evaluation.postprocessing_decision import decide_postprocessing
 from autoseg.fingerprint import load_fingerprint
-from autoseg.inference.model import INFERENCE_FILE, trained_folds
-from autoseg.inference.outputs import PROBABILITIES_SUFFIX, load_probabilities
+from autoseg.model.outputs import PROBABILITIES_SUFFIX, load_probabilities
+from autoseg.model.prediction import ensemble_labels
+from autoseg.model.trained import INFERENCE_FILE, trained_folds
 from autoseg.jsonio import json_safe, to_dict, write_json_atomic
 from autoseg.planning.plan_types import CONFIGURATION_NAMES, load_plan
 from autoseg.postprocessing import save_postprocessing
@@ -64,17 +65,13 @@ def _ensemble(pairs_by_member: list[list], out_dir: Path):
                                    f"{prediction.parent.parent.parent.name} to save probabilities")
             probabilities, values = load_probabilities(path)
             total = probabilities.astype(np.float32) if total is None else total + probabilities
-        segmentation = values.astype(_label_dtype(values))[total.argmax(0)]
+        segmentation = ensemble_labels(total, values)
         _, geometry = read_image(reference)
         target = out_dir / reference.name
         write_image_like(segmentation, target, geometry.spacing, geometry.origin, geometry.direction,
                          nifti_header_bytes(reference))
         pairs.append((case_id, target, reference))
     return pairs
-
-
-def _label_dtype(values: np.ndarray):
-    return np.uint8 if values.min() >= 0 and values.max() < 256 else np.int16
 
 
 def find_best(output_dir, configurations=None, workers: int | None = None, progress: bool = True,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from autoseg.jsonio import load_versioned, write_json_atomic
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 NormalizationScheme = Literal["ct", "zscore", "none", "rescale_0_1"]
 
@@ -75,6 +75,9 @@ class Plan:
     dataset_name: str
     fingerprint_file: str
     gpu_memory_gb: float
+    # Every scan is moved into this voxel orientation (permutations and flips only) before anything else,
+    # in training and in prediction; the axes of everything below are that orientation's, then transposed.
+    orientation: str
     transpose_forward: list[int]
     transpose_backward: list[int]
     original_median_spacing: list[float]  # after transpose
@@ -91,4 +94,4 @@ def save_plan(plan: Plan, path) -> None:
 
 
 def load_plan(path) -> Plan:
-    return load_versioned(Plan, path, PLAN_VERSION)
+    return load_versioned(Plan, path, PLAN_VERSION, "rerun autoseg plan (and preprocess and train)")

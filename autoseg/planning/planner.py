@@ -137,7 +137,8 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
     chosen = {name: chosen[name] for name in CONFIGURATION_NAMES if name in chosen}
     return Plan(
         version=PLAN_VERSION, dataset_name=fingerprint.dataset_name, fingerprint_file=str(fingerprint_file),
-        gpu_memory_gb=float(gpu_memory_gb), transpose_forward=forward, transpose_backward=backward,
+        gpu_memory_gb=float(gpu_memory_gb), orientation=fingerprint.orientation,
+        transpose_forward=forward, transpose_backward=backward,
         original_median_spacing=[float(s) for s in np.median(spacings, axis=0)[forward]],
         original_median_shape=[float(s) for s in np.median(shapes, axis=0)[forward]],
         channel_names=dict(fingerprint.channel_names), labels=dict(fingerprint.labels),

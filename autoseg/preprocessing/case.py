@@ -7,6 +7,7 @@ import zlib
 import numpy as np
 
 from autoseg.dataset.image_io import write_image_like
+from autoseg.dataset.orientation import Reorientation, reorient, reorientation, undo_reorientation
 from autoseg.dataset.validation import CaseData
 from autoseg.planning.plan_types import Plan
 from autoseg.preprocessing.crop import OUTSIDE, crop_to_nonzero
@@ -49,10 +50,13 @@ def class_locations(label: np.ndarray, values, case_id: str, cap: int = CLASS_LO
 
 def preprocess_case(case: CaseData, plan: Plan, configuration: str, signature: str = "",
                     file_format: str = ".nii.gz", nifti_header: bytes | None = None):
-    """Returns (image (C, z, y, x) float32, label (z, y, x) int8/int16 or None, CaseProperties)."""
-    forward = plan.transpose_forward
-    image = case.image.transpose([0] + [a + 1 for a in forward])
-    label = case.label.transpose(forward) if case.label is not None else None
+    """Returns (image (C, z, y, x) float32, label (z, y, x) int8/int16 or None, CaseProperties).
+
+    The scan is first moved into the plan's orientation (exact: permutations and flips), then transposed."""
+    moved = reorientation(case.geometry.direction, plan.orientation)
+    forward = [moved.permutation[a] for a in plan.transpose_forward]  # both axis moves in one transpose
+    image = reorient(case.image, moved).transpose([0] + [a + 1 for a in plan.transpose_forward])
+    label = reorient(case.label, moved).transpose(plan.transpose_forward) if case.label is not None else None
     spacing = [float(case.geometry.spacing[a]) for a in forward]
     shape_before = list(image.shape[1:])
     image, label, mask, bbox = crop_to_nonzero(image, label)
@@ -69,7 +73,8 @@ def preprocess_case(case: CaseData, plan: Plan, configuration: str, signature: s
     g = case.geometry
     source = SourceGeometry(list(case.image.shape[1:]), list(g.spacing), list(g.origin), list(g.direction), file_format,
                             base64.b64encode(nifti_header).decode() if nifti_header else None)
-    props = CaseProperties(PROPERTIES_VERSION, case.case_id, configuration, signature, source, spacing, target,
+    props = CaseProperties(PROPERTIES_VERSION, case.case_id, configuration, signature, source,
+                           list(moved.permutation), list(moved.flips), spacing, target,
                            shape_before, bbox, shape_after_crop, list(new_shape), locations)
     return image, label, props
 
@@ -77,7 +82,8 @@ def preprocess_case(case: CaseData, plan: Plan, configuration: str, signature: s
 def _uncrop_and_untranspose(volume: np.ndarray, props: CaseProperties, plan: Plan, fill) -> np.ndarray:
     full = np.full(props.shape_before_crop, fill, dtype=volume.dtype)
     full[tuple(slice(a, b) for a, b in props.bbox)] = volume
-    return full.transpose(plan.transpose_backward)
+    moved = Reorientation(tuple(props.reorient_permutation), tuple(props.reorient_flips))
+    return np.ascontiguousarray(undo_reorientation(full.transpose(plan.transpose_backward), moved))
 
 
 def restore_label(label: np.ndarray, props: CaseProperties, plan: Plan) -> np.ndarray:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from autoseg.jsonio import load_versioned, write_json_atomic
 
-PROPERTIES_VERSION = 1
+PROPERTIES_VERSION = 2
 
 
 @dataclass
@@ -22,13 +22,16 @@ class SourceGeometry:
 
 @dataclass
 class CaseProperties:
-    """One preprocessed case: all shapes after the plan's transpose."""
+    """One preprocessed case: all shapes after the move into the plan's orientation and the plan's transpose."""
 
     version: int
     case_id: str
     configuration: str
     signature: str  # plan decisions + source files; a rerun redoes the case when it changes
     source: SourceGeometry
+    # the move into the plan's orientation (dataset/orientation.py Reorientation), undone when restoring
+    reorient_permutation: list[int]
+    reorient_flips: list[bool]
     spacing: list[float]  # transposed source spacing
     target_spacing: list[float]
     shape_before_crop: list[int]
@@ -44,4 +47,4 @@ def save_properties(props: CaseProperties, path) -> None:
 
 
 def load_properties(path) -> CaseProperties:
-    return load_versioned(CaseProperties, path, PROPERTIES_VERSION)
+    return load_versioned(CaseProperties, path, PROPERTIES_VERSION, "rerun autoseg preprocess")

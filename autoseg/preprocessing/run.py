@@ -29,7 +29,7 @@ def preprocessed_folder(output_dir: str | os.PathLike, plan: Plan, configuration
 def case_signature(plan: Plan, configuration: str, case: Case) -> str:
     """Changes when anything that shapes this case's preprocessed data changes."""
     config = plan.configurations[configuration]
-    decisions = {"version": PROPERTIES_VERSION, "transpose": plan.transpose_forward, "spacing": config.spacing,
+    decisions = {"version": PROPERTIES_VERSION, "orientation": plan.orientation, "transpose": plan.transpose_forward, "spacing": config.spacing,
                  "normalization": to_dict(plan.normalization), "resampling": to_dict(plan.resampling),
                  "labels": plan.labels}
     files = []

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from autoseg.training.augmentation import AugmentationSettings, build_transforms, sample_size
-from autoseg.training.cascade import one_hot_channels
+from autoseg.model.cascade import one_hot_channels
 from autoseg.training.sampler import PatchSampler, open_cases
 
 TRAIN_STREAM, VALIDATION_STREAM = 0, 1

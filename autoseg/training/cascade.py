@@ -9,17 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from autoseg.errors import AutosegError
 from autoseg.planning.plan_types import Plan
 
 NEXT_STAGE_DIR = "predicted_next_stage"
-
-
-def one_hot_channels(segmentation: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K-1, *shape) float32: one channel per foreground class; anything else (background, OUTSIDE) is 0."""
-    return np.stack([(segmentation == c).astype(np.float32) for c in range(1, num_classes)])
 
 
 def cascade_input_channels(plan: Plan, configuration: str) -> int:

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.errors import AutosegError
 from autoseg.jsonio import atomic_path
+from autoseg.model.checkpoint import read_training_checkpoint
 
-LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
 
 
 def rng_states() -> dict:
@@ -37,8 +36,4 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    try:
-        # our own files, holding numpy/python RNG states besides tensors
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise AutosegError(f"{path}: checkpoint unreadable ({type(e).__name__}: {e})") from None
+    return read_training_checkpoint(path, map_location)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from autoseg.errors import AutosegError
+from autoseg.model.device import resolve_device
 
 
 @dataclass
@@ -24,25 +24,6 @@ class Ranks:
     @property
     def active(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    if choice == "auto":
-        if torch.cuda.is_available():
-            choice = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            choice = "mps"
-        else:
-            choice = "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise AutosegError("--device cuda: no CUDA device is available to this torch build")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise AutosegError("--device mps: MPS is not available on this machine")
-    if choice not in ("cpu", "mps"):
-        raise AutosegError(f"unknown device {choice!r} (auto, cpu, cuda or mps)")
-    return torch.device(choice)
 
 
 def start(device_choice: str) -> tuple[Ranks, torch.device]:

@@ -26,12 +26,12 @@ from autoseg.training import distributed
 from autoseg.training.augmentation import augmentation_settings
 from autoseg.training.batches import TRAIN_STREAM, VALIDATION_STREAM, IndexedBatches, batch_iterator
 from autoseg.training.cascade import NEXT_STAGE_DIR, cascade_input_channels, previous_stage_predictions
-from autoseg.training.checkpoint import (BEST, FINAL, LATEST, load_checkpoint, restore_rng_states, rng_states,
-                                         save_checkpoint)
-from autoseg.training.loss import deep_supervision_loss, dice_ce_loss
-from autoseg.training.network import build_network, deep_supervision_weights
+from autoseg.model.checkpoint import BEST, FINAL, LATEST
+from autoseg.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from autoseg.training.loss import deep_supervision_loss, deep_supervision_weights, dice_ce_loss
+from autoseg.model.network import build_network
 from autoseg.training.options import TrainOptions
-from autoseg.training.precision import autocast_dtype
+from autoseg.model.precision import autocast_dtype
 from autoseg.training.progress import append_metrics, log, plot_progress, read_metrics, rewrite_metrics
 from autoseg.training.schedule import poly_lr
 from autoseg.training.splits import fold_cases, load_or_create_splits

@@ -10,15 +10,14 @@ import torch
 
 from autoseg.dataset import load_dataset, read_image
 from autoseg.evaluation.metrics import dice_per_class
-from autoseg.inference.sliding_window import predict_logits, softmax_
 from autoseg.jsonio import json_safe, write_json_atomic
+from autoseg.model.cascade import one_hot_channels
+from autoseg.model.outputs import PROBABILITIES_SUFFIX
+from autoseg.model.prediction import InferenceSettings, Member, OutputFiles, network_probabilities, restore_and_write
 from autoseg.planning.plan_types import Plan
-from autoseg.inference.outputs import PROBABILITIES_SUFFIX, save_probabilities
-from autoseg.preprocessing.case import (label_on_grid_of, restore_probabilities, restore_segmentation,
-                                        write_like_source)
+from autoseg.preprocessing.case import label_on_grid_of
 from autoseg.preprocessing.properties import load_properties
 from autoseg.preprocessing.storage import case_paths, load_case, save_npy_atomic
-from autoseg.training.cascade import one_hot_channels
 
 SUMMARY = "summary.json"
 
@@ -39,28 +38,25 @@ def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, d
     """
     from tqdm import tqdm
 
-    config = plan.configurations[configuration]
     labels = {name: value for name, value in plan.labels.items() if value > 0}
     label_files = {case.case_id: case.label_file for case in load_dataset(dataset_dir).cases}
-    mirror_axes = tuple(range(config.ndim)) if mirror else ()
+    member = Member(plan, configuration, [network])
+    settings = InferenceSettings(device, amp_dtype, mirror)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_case = []
     for case_id in tqdm(case_ids, desc="validation", disable=not progress, dynamic_ncols=True):
         image, _, props = load_case(preprocessed, case_id)
         if previous is not None:
             image = np.concatenate([image, one_hot_channels(np.load(previous[case_id]), len(plan.labels))])
-        logits = predict_logits(network, image, config.patch_size, len(plan.labels), device, mirror_axes, amp_dtype)
-        probabilities = softmax_(logits).numpy()
+        probabilities = network_probabilities(member, image, settings).numpy()
         if next_stage is not None:
             next_props = load_properties(case_paths(next_stage[0], case_id)[2])
             on_next_grid = label_on_grid_of(probabilities.argmax(0).astype(np.uint8), props, next_props, plan)
             save_npy_atomic(next_stage[1] / f"{case_id}.npy", on_next_grid)
-        segmentation = restore_segmentation(probabilities, props, plan)
-        # kept for find-best, which averages configurations' probabilities to evaluate ensembles
-        save_probabilities(out_dir / f"{case_id}{PROBABILITIES_SUFFIX}",
-                           restore_probabilities(probabilities, props, plan).astype(np.float16),
-                           sorted(plan.labels.values()))
-        write_like_source(segmentation, props, out_dir / f"{case_id}{props.source.file_format}")
+        # probabilities are kept for find-best, which averages configurations' to evaluate ensembles
+        files = OutputFiles(out_dir / f"{case_id}{props.source.file_format}",
+                            probabilities=out_dir / f"{case_id}{PROBABILITIES_SUFFIX}", half_probabilities=True)
+        segmentation = restore_and_write([(probabilities, props, plan)], files)
         reference, _ = read_image(label_files[case_id])
         dice = dice_per_class(segmentation, reference, labels.values())
         per_case.append({"case": case_id, "dice": {name: dice[value] for name, value in labels.items()}})

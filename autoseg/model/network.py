@@ -81,12 +81,3 @@ def _he_init(module: nn.Module) -> None:
 def build_network(config: Configuration, in_channels: int, num_classes: int, deep_supervision: bool = True) -> UNet:
     return UNet(config.ndim, in_channels, num_classes, config.features_per_stage, config.pool_strides,
                 config.conv_kernels, config.convs_per_stage_encoder, config.convs_per_stage_decoder, deep_supervision)
-
-
-def deep_supervision_weights(n_outputs: int) -> list[float]:
-    """Loss weight per output, full resolution first: halving per level, the lowest off, summing to 1."""
-    weights = [0.5 ** i for i in range(n_outputs)]
-    if n_outputs > 1:
-        weights[-1] = 0.0
-    total = sum(weights)
-    return [w / total for w in weights]

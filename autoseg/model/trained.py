@@ -2,30 +2,32 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from autoseg.errors import AutosegError
+from autoseg.fingerprint import load_fingerprint
 from autoseg.jsonio import from_dict, to_dict
 from autoseg.planning.plan_types import Plan, load_plan
 from autoseg.postprocessing import Postprocessing, load_postprocessing
-from autoseg.training.checkpoint import FINAL, LATEST, load_checkpoint
-from autoseg.training.network import build_network
+from autoseg.model.checkpoint import FINAL, LATEST, read_fold_weights
+from autoseg.model.network import build_network
+from autoseg.model.input_checks import TrainingSummary, training_summary
+from autoseg.model.prediction import Member
 
 INFERENCE_FILE = "inference.json"  # written by find-best: the configuration(s) to use by default
 
 
 @dataclass
-class TrainedModel:
-    configuration: str
-    folds: list[str]
-    plan: Plan
-    networks: list[torch.nn.Module]
-    in_channels: int
-    postprocessing: Postprocessing | None
-    previous_stage: "TrainedModel | None" = None  # the cascade's low-resolution model
+class TrainedModel(Member):
+    """A configuration's networks (one per fold), ready to predict; previous_stage is the cascade's
+    low-resolution model."""
+
+    folds: list[str] = field(default_factory=list)
+    in_channels: int = 0
+    postprocessing: Postprocessing | None = None
 
     @property
     def num_channels(self) -> int:
@@ -98,15 +100,77 @@ def load_trained_model(models_dir: str | Path, configuration: str | None = None,
         elif to_dict(fold_plan) != to_dict(plan):
             raise AutosegError(f"{folder / 'plan.json'}: fold {fold} was trained from another plan than fold "
                                f"{folds[0]}; predict with folds of one plan")
-        checkpoint = load_checkpoint(folder / FINAL)
-        in_channels = int(checkpoint["in_channels"])
-        network = build_network(plan.configurations[configuration], in_channels, int(checkpoint["num_classes"]),
-                                deep_supervision=True)
-        network.load_state_dict(checkpoint["network"])
-        networks.append(network.to(device).eval())
+        weights = read_fold_weights(folder / FINAL)
+        in_channels = weights.in_channels
+        networks.append(network_from_weights(plan, configuration, weights.state_dict, in_channels,
+                                             weights.num_classes, device))
     config = plan.configurations[configuration]
     previous = None
     if config.previous_stage:
         previous = load_trained_model(models_dir, config.previous_stage, folds, device)
-    return TrainedModel(configuration, folds, plan, networks, in_channels,
-                        load_postprocessing(models_dir / configuration), previous)
+    return TrainedModel(plan, configuration, networks, previous, folds, in_channels,
+                        load_postprocessing(models_dir / configuration))
+
+
+def network_from_weights(plan: Plan, configuration: str, state_dict: dict, in_channels: int, num_classes: int,
+                         device: torch.device) -> torch.nn.Module:
+    network = build_network(plan.configurations[configuration], in_channels, num_classes, deep_supervision=True)
+    try:
+        network.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise AutosegError(f"{configuration}: the weights do not fit the plan's network "
+                           f"({str(e).splitlines()[0][:200]})") from None
+    return network.to(device).eval()
+
+
+@dataclass
+class ModelSet:
+    """Everything prediction uses: the model(s) (several: an ensemble averaging probabilities), the
+    postprocessing to apply, and where they came from (for reports); the training summary for input
+    checks when it is known."""
+
+    models: list[TrainedModel]
+    postprocessing: Postprocessing | None
+    source: str
+    package_sha256: str | None = None
+    training_summary: TrainingSummary | None = None
+
+    @property
+    def num_channels(self) -> int:
+        return self.models[0].num_channels
+
+    @property
+    def plan(self) -> Plan:
+        return self.models[0].plan
+
+
+def load_models(models_dir, configuration: str | None = None, folds=None,
+                device: torch.device = torch.device("cpu")) -> ModelSet:
+    """The model(s) of a training folder's models/ to predict with, and the postprocessing to apply.
+
+    Without a configuration, find-best's choice (models/inference.json: one configuration or an ensemble,
+    and its postprocessing) when there is one; else one configuration with its own saved postprocessing.
+    """
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise AutosegError(f"{models_dir}: no such folder (expected a training folder's models/ or a model package)")
+    choice = read_inference_choice(models_dir) if configuration is None else None
+    if choice is None:
+        model = load_trained_model(models_dir, configuration, folds, device)
+        models, postprocessing = [model], model.postprocessing
+    else:
+        configurations, postprocessing = choice
+        models = [load_trained_model(models_dir, c, folds, device) for c in configurations]
+    return ModelSet(models, postprocessing, str(models_dir.resolve()), None,
+                    _training_summary_beside(models_dir, models[0].plan))
+
+
+def _training_summary_beside(models_dir: Path, plan: Plan) -> TrainingSummary | None:
+    """The input checks' reference from the training folder's fingerprint, when it is still there."""
+    path = models_dir.parent / "fingerprint.json"
+    if not path.is_file():
+        return None
+    try:
+        return training_summary(load_fingerprint(path), plan)
+    except AutosegError:
+        return None

@@ -1,0 +1,150 @@
+"""From a preprocessed case to label maps on disk: the one path end-of-training validation, `autoseg
+predict`, the Python API and the service all take.
+
+network(s) -> sliding-window logits -> probabilities on the preprocessed grid -> (cascade: the first
+stage's segmentation as extra channels) -> restored to the scan's own grid and orientation ->
+(ensemble: members' probabilities averaged there) -> postprocessing -> files written atomically, the
+label map last so its presence marks a finished case.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoseg.model.cascade import one_hot_channels
+from autoseg.model.outputs import normalized_entropy, save_probabilities
+from autoseg.model.sliding_window import STEP, predict_logits, softmax_
+from autoseg.planning.plan_types import Plan
+from autoseg.postprocessing import Postprocessing, apply_postprocessing
+from autoseg.preprocessing.case import (label_on_grid_of, restore_probabilities, restore_segmentation,
+                                        write_like_source)
+from autoseg.preprocessing.properties import CaseProperties
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How the networks are run: device, autocast dtype (None: float32), mirroring (test-time
+    augmentation) and the sliding window's step as a fraction of the patch."""
+
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None
+    mirror: bool = True
+    step: float = STEP
+
+
+@dataclass
+class PreparedInput:
+    """One case preprocessed for one model (and for the cascade's first stage, when there is one)."""
+
+    image: np.ndarray
+    props: CaseProperties
+    previous: "PreparedInput | None" = None
+
+
+@dataclass
+class Member:
+    """What the shared path needs of a model: the plan, configuration and networks of its folds; the
+    cascade's first stage as another Member."""
+
+    plan: Plan
+    configuration: str
+    networks: list[torch.nn.Module]
+    previous_stage: "Member | None" = None
+
+
+def network_probabilities(member: Member, image: np.ndarray, settings: InferenceSettings) -> torch.Tensor:
+    """(classes, *grid) softmax probabilities of the folds' mean logits on the preprocessed grid."""
+    config = member.plan.configurations[member.configuration]
+    mirror_axes = tuple(range(config.ndim)) if settings.mirror else ()
+    logits = predict_logits(member.networks, image, config.patch_size, len(member.plan.labels), settings.device,
+                            mirror_axes, settings.amp_dtype, settings.step)
+    return softmax_(logits)
+
+
+def case_probabilities(member: Member, prepared: PreparedInput, settings: InferenceSettings) -> torch.Tensor:
+    """Probabilities of one member on its preprocessed grid, running the cascade's first stage first."""
+    image = prepared.image
+    if member.previous_stage is not None:
+        stage, low = member.previous_stage, prepared.previous
+        low_probabilities = network_probabilities(stage, low.image, settings)
+        segmentation = label_on_grid_of(low_probabilities.argmax(0).numpy().astype(np.uint8), low.props,
+                                        prepared.props, stage.plan)
+        image = np.concatenate([image, one_hot_channels(segmentation, low_probabilities.shape[0])])
+    return network_probabilities(member, image, settings)
+
+
+def ensemble_labels(probabilities: np.ndarray, label_values) -> np.ndarray:
+    """The ensemble rule: argmax of (mean) probabilities over classes -> label values (ties: lower class)."""
+    values = np.asarray(sorted(label_values))
+    dtype = np.uint8 if values.max() < 256 and values.min() >= 0 else np.int16
+    return values.astype(dtype)[np.asarray(probabilities).argmax(0)]
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """Where one case's outputs go; None: not written."""
+
+    label_map: Path
+    probabilities: Path | None = None  # .npz, restored to the scan's grid
+    entropy: Path | None = None
+    half_probabilities: bool = False  # float16 .npz: half the disk, enough to average and argmax
+
+
+@dataclass
+class Restored:
+    """A case's prediction on its scan's own grid: the label map, and the class probabilities when asked for."""
+
+    segmentation: np.ndarray
+    probabilities: np.ndarray | None
+    props: CaseProperties  # the first member's, for the scan's geometry
+    label_values: list[int]
+
+
+def restore(members: list[tuple[np.ndarray, CaseProperties, Plan]], *, postprocessing: Postprocessing | None = None,
+            keep_probabilities: bool = False) -> Restored:
+    """members: (probabilities on the preprocessed grid, that grid's properties, plan) per model. Restores
+    to the scan's own grid (one member: class by class, the memory-light path; several: probabilities
+    averaged on the scan's grid, where all members meet), then postprocesses."""
+    values = sorted(members[0][2].labels.values())
+    restored = None
+    if len(members) == 1:
+        probabilities, props, plan = members[0]
+        segmentation = restore_segmentation(probabilities, props, plan)
+        if keep_probabilities:
+            restored = restore_probabilities(probabilities, props, plan)
+    else:
+        for probabilities, props, plan in members:
+            member = restore_probabilities(probabilities, props, plan)
+            restored = member if restored is None else restored + member
+        restored /= len(members)
+        segmentation = ensemble_labels(restored, values)
+    if postprocessing is not None and not postprocessing.is_identity:
+        segmentation = apply_postprocessing(segmentation, postprocessing)
+    return Restored(segmentation, restored, members[0][1], values)
+
+
+def write_outputs(restored: Restored, files: OutputFiles, *, before_label_map=None) -> None:
+    """Probabilities and entropy first, then `before_label_map()` (e.g. a report), the label map last: its
+    presence marks a finished case."""
+    if files.probabilities is not None:
+        p = restored.probabilities
+        save_probabilities(files.probabilities, p.astype(np.float16) if files.half_probabilities else p,
+                           restored.label_values)
+    if files.entropy is not None:
+        write_like_source(normalized_entropy(restored.probabilities), restored.props, files.entropy)
+    if before_label_map is not None:
+        before_label_map()
+    write_like_source(restored.segmentation, restored.props, files.label_map)
+
+
+def restore_and_write(members: list[tuple[np.ndarray, CaseProperties, Plan]], files: OutputFiles | None, *,
+                      postprocessing: Postprocessing | None = None) -> np.ndarray:
+    """restore() then write_outputs() (nothing written without files); returns the label map."""
+    keep = files is not None and (files.probabilities is not None or files.entropy is not None)
+    restored = restore(members, postprocessing=postprocessing, keep_probabilities=keep)
+    if files is not None:
+        write_outputs(restored, files)
+    return restored.segmentation
