@@ -32,7 +32,7 @@ from autoseg.inference.inputs import InputCase, read_input_case
 from autoseg.inference.report import CaseReport, InputFile, ModelInfo, label_statistics, sha256_file
 from autoseg.model.device import resolve_device
 from autoseg.model.input_checks import check_scan
-from autoseg.model.package import is_package, load_package
+from autoseg.model.package import load_package
 from autoseg.model.precision import autocast_dtype
 from autoseg.model.prediction import (STEP, InferenceSettings, OutputFiles, PreparedInput, Restored,
                                       case_probabilities, restore, restore_and_write)
@@ -57,9 +57,7 @@ def load_model_set(model, *, configuration: str | None = None, folds=None,
                    device: torch.device = torch.device("cpu")) -> ModelSet:
     """A model package (one file) or a training folder's models/ folder."""
     path = Path(model)
-    if not is_package(path):
-        if path.is_file():
-            raise AutosegError(f"{path}: not a model package (expected a file made by autoseg export)")
+    if not path.is_file():
         return load_models(path, configuration, folds, device)
     models = load_package(path, device)
     if configuration is not None:

@@ -263,6 +263,10 @@ def read_package(path) -> PackageContents:
     path = Path(path)
     if not path.is_file():
         raise AutosegError(f"{path}: model package not found")
+    with open(path, "rb") as f:
+        starts_like_zip = f.read(4) == b"PK\x03\x04"
+    if not starts_like_zip:
+        raise AutosegError(f"{path}: not a model package (expected a file made by autoseg export)")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -271,7 +275,7 @@ def read_package(path) -> PackageContents:
                 if pure.is_absolute() or ".." in pure.parts or "\\" in name:
                     raise AutosegError(f"{path}: not a valid model package (member {name!r} would escape its folder)")
             if MANIFEST not in names:
-                raise AutosegError(f"{path}: not an autoseg model package (no {MANIFEST})")
+                raise AutosegError(f"{path}: not an autoseg model package, or a truncated one (no {MANIFEST})")
             members = {name: archive.read(name) for name in names}
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile, ValueError, NotImplementedError) as e:
         raise AutosegError(f"{path}: not a readable model package (truncated or damaged: {e})") from None
@@ -320,11 +324,7 @@ def load_package(path, device: torch.device = torch.device("cpu")) -> ModelSet:
             member = _weights_member(name, fold)
             if member not in members:
                 raise AutosegError(f"{path}: damaged model package ({member} is missing)")
-            try:
-                state = torch.load(io.BytesIO(members[member]), map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - the weights-only unpickler refuses anything but tensors
-                raise AutosegError(f"{path}: {member} is not a plain weights file ({type(e).__name__})") from None
-            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            state = _read_weights(path, member, members[member])
             networks.append(network_from_weights(plan, name, state, packaged.in_channels, packaged.num_classes,
                                                  device))
         previous = load(packaged.previous_stage) if packaged.previous_stage else None
@@ -341,7 +341,22 @@ def load_package(path, device: torch.device = torch.device("cpu")) -> ModelSet:
     return ModelSet(models, postprocessing, str(Path(path).resolve()), contents.sha256, summary)
 
 
+def _read_weights(path, member: str, data: bytes) -> dict[str, torch.Tensor]:
+    """A state dict through torch's weights-only unpickler (tensors and plain containers, never code), as float32."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the weights-only unpickler refuses anything but tensors
+        raise AutosegError(f"{path}: {member} is not a plain weights file ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AutosegError(f"{path}: {member} is not a plain weights file (not a dict of tensors)")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def model_card_text(path) -> str:
-    """`autoseg info`: the verified package's card."""
+    """`autoseg info`: the verified package's card (every weights member is read too, so a package that
+    passes here also loads)."""
     contents = read_package(path)
+    for name, data in contents.members.items():
+        if name.startswith("weights/"):
+            _read_weights(path, name, data)
     return contents.members[CARD_MD].decode() + f"\npackage sha256: {contents.sha256}\n"
