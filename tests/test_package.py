@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
 from autoseg.inference.predict import PredictOptions, predict
-from autoseg.inference.predictor import Predictor
+from autoseg import Predictor
 from autoseg.inference.report import load_case_report
 from autoseg.model.package import MANIFEST, read_package, sha256_bytes
 

@@ -18,7 +18,7 @@ import torch
 from autoseg.model.sliding_window import mirror_flips, predict_logits
 from autoseg.postprocessing import Postprocessing, apply_postprocessing, save_postprocessing
 
-from conftest import REPO, run_autoseg, train_tiny, write_nnunet_dataset
+from conftest import REPO, run_autoseg, train_tiny
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:

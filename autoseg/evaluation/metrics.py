@@ -40,16 +40,6 @@ class ClassMetrics:
         return asdict(self)
 
 
-def dice_per_class(prediction: np.ndarray, reference: np.ndarray, labels) -> dict[int, float]:
-    """Dice per label value; NaN where the label is absent from both (nothing to find, nothing found)."""
-    out = {}
-    for value in labels:
-        p, r = prediction == value, reference == value
-        denominator = int(p.sum()) + int(r.sum())
-        out[int(value)] = float("nan") if denominator == 0 else 2.0 * int((p & r).sum()) / denominator
-    return out
-
-
 def surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of the mask with at least one face neighbour outside it (or on the image border)."""
     if not mask.any():

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from autoseg.dataset.image_io import read_image
-from autoseg.evaluation.metrics import dice_per_class
+from autoseg.overlap import dice_per_class
 from autoseg.parallel import default_workers, map_cases
 from autoseg.postprocessing import Postprocessing, apply_postprocessing, keep_largest_component
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from autoseg.dataset import load_dataset, read_image
-from autoseg.evaluation.metrics import dice_per_class
+from autoseg.overlap import dice_per_class
 from autoseg.jsonio import json_safe, write_json_atomic
 from autoseg.model.cascade import one_hot_channels
 from autoseg.model.outputs import PROBABILITIES_SUFFIX
