@@ -27,9 +27,13 @@ demo: $(VENV)/.installed
 	$(BIN)/autoseg train $(DEMO_OUT)/Dataset004_Hippocampus24 --fold 0 --time-budget $(DEMO_BUDGET) \
 		--iterations-per-epoch 10 --val-iterations 2
 	@echo "progress plot: $(DEMO_OUT)/Dataset004_Hippocampus24/models/3d_fullres/fold_0/progress.png"
+	$(BIN)/autoseg export $(DEMO_OUT)/Dataset004_Hippocampus24 -o $(DEMO_OUT)/hippocampus.autoseg \
+		--description "autoseg demo: 3 minutes of training on 20 Hippocampus cases"
 	$(BIN)/autoseg predict -i autoseg/demo/Dataset004_Hippocampus24/imagesTs -o $(DEMO_OUT)/predictions \
-		-m $(DEMO_OUT)/Dataset004_Hippocampus24/models
+		-m $(DEMO_OUT)/hippocampus.autoseg --preview
 	$(BIN)/autoseg evaluate $(DEMO_OUT)/predictions autoseg/demo/Dataset004_Hippocampus24/labelsTs --labels 1 2
+	@echo "model package: $(DEMO_OUT)/hippocampus.autoseg (autoseg info $(DEMO_OUT)/hippocampus.autoseg)"
+	@echo "per-case reports and previews: $(DEMO_OUT)/predictions/*_report.json, predictions.csv, *_preview.png"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

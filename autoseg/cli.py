@@ -137,7 +137,7 @@ def _cmd_serve(args) -> int:
 
     serve(args.package, ServeOptions(host=args.host, port=args.port, workers=args.workers, max_queue=args.max_queue,
                                      max_request_mb=args.max_request_mb, timeout_s=args.timeout,
-                                     device=args.device, mirror=not args.no_tta))
+                                     device=args.device, mirror=not args.no_tta, temp_dir=args.temp_dir))
     return 0
 
 
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a request still unanswered after this gets 504 (default 600)")
     sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     sv.add_argument("--no-tta", action="store_true", help="no mirroring")
+    sv.add_argument("--temp-dir", default=None, help=argparse.SUPPRESS)  # parent of the server's temp folder (tests)
     sv.set_defaults(func=_cmd_serve)
 
     ev = sub.add_parser(
