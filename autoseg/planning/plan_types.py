@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from autoseg.errors import AutosegError
 from autoseg.jsonio import load_versioned, write_json_atomic
 
 PLAN_VERSION = 2
@@ -94,4 +95,36 @@ def save_plan(plan: Plan, path) -> None:
 
 
 def load_plan(path) -> Plan:
-    return load_versioned(Plan, path, PLAN_VERSION, "rerun autoseg plan (and preprocess and train)")
+    """Read and check a plan; names that become paths must stay inside the output folder, since a
+    hand-edited plan.json is user input like any other."""
+    plan = load_versioned(Plan, path, PLAN_VERSION, "rerun autoseg plan (and preprocess and train)")
+    check_plan_paths(plan, path)
+    return plan
+
+
+def check_plan_paths(plan: Plan, where) -> None:
+    for key, config in plan.configurations.items():
+        if key not in CONFIGURATION_NAMES:
+            raise AutosegError(f"{where}: unknown configuration {key!r} ({', '.join(CONFIGURATION_NAMES)})")
+        for field_name in ("data_identifier",):
+            value = getattr(config, field_name)
+            if not is_plain_name(value):
+                raise AutosegError(f"{where}: configurations.{key}.{field_name} {value!r} must be a plain folder "
+                                   f"name (no '/', '\\' or '..'): it names a folder inside the output folder")
+        if config.previous_stage is not None and config.previous_stage not in plan.configurations:
+            raise AutosegError(f"{where}: configurations.{key}.previous_stage {config.previous_stage!r} is not in "
+                               f"the plan")
+    from autoseg.dataset.orientation import check_code  # here: nibabel is not needed to import the plan types
+
+    try:
+        check_code(plan.orientation)
+    except AutosegError as e:
+        raise AutosegError(f"{where}: orientation: {e}") from None
+    if not is_plain_name(plan.fingerprint_file):
+        raise AutosegError(f"{where}: fingerprint_file {plan.fingerprint_file!r} must be a path inside the output "
+                           f"folder")
+
+
+def is_plain_name(value: str) -> bool:
+    """A single path component that cannot leave its folder."""
+    return bool(value) and value not in (".", "..") and not any(c in value for c in "/\\\0") and value.strip() == value
