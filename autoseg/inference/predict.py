@@ -114,6 +114,9 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
                                    mirror=options.mirror, step=options.step, precision=options.precision,
                                    strict=options.strict)
     output_dir = Path(output_dir)
+    if Path(input_path).is_dir() and output_dir.exists() and output_dir.resolve() == Path(input_path).resolve():
+        raise AutosegError(f"{output_dir}: is the input folder; the label maps written there would be read as "
+                           f"scans by the next run. Choose another output folder")
     cases, problems = find_input_cases(input_path, predictor.num_channels)
     inputs = {p.resolve() for c in cases for p in c.files}
     for case in cases:
@@ -138,7 +141,7 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
                     output_dir / f"{case.case_id}{REPORT_SUFFIX}"]
         if options.preview:
             finished.append(output_dir / f"{case.case_id}{PREVIEW_SUFFIX}")
-        if options.skip_existing and all(p.is_file() for p in finished):
+        if options.skip_existing and _is_finished(case, finished):
             result.skipped.append(case.case_id)
         else:
             todo.append(case)
@@ -198,6 +201,28 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
         "failed": dict(sorted(result.failed.items()))})
     write_predictions_csv(_all_reports(output_dir), output_dir / CSV_FILE)
     return result
+
+
+def _is_finished(case: InputCase, files: list[Path]) -> bool:
+    """--continue trusts nothing it did not check: every file present, the report readable, and the label
+    map readable to its last byte with the shape the report recorded (a truncated or damaged output is
+    predicted again)."""
+    if not all(p.is_file() for p in files):
+        return False
+    from autoseg.dataset.image_io import read_image
+
+    report_path = next(p for p in files if p.name.endswith(REPORT_SUFFIX))
+    try:
+        report = load_case_report(report_path)
+        labels, _ = read_image(files[0])
+    except AutosegError:
+        _say(f"{files[0]}: incomplete or damaged output, predicting {case.case_id} again")
+        return False
+    if list(labels.shape) != list(report.shape):
+        _say(f"{files[0]}: shape {list(labels.shape)} differs from its report's {report.shape}, predicting "
+             f"{case.case_id} again")
+        return False
+    return True
 
 
 def _all_reports(output_dir: Path) -> list[CaseReport]:
