@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoseg.dataset import Dataset, load_dataset, read_case
-from autoseg.dataset.layout import Case
+from autoseg.dataset import Dataset, read_case
+from autoseg.dataset.layout import Case, DatasetScan, scan_dataset, sorted_problems
 from autoseg.dataset.orientation import (dataset_orientation, orientation_code, reorientation_between,
                                          reoriented_bbox, reoriented_shape)
 from autoseg.errors import DatasetInvalid
@@ -152,26 +152,35 @@ def _pool_stats(samples: list[np.ndarray]) -> IntensityStats:
                           float(values.max()), float(p005), float(p995), int(values.size))
 
 
-def compute_fingerprint(dataset: Dataset | str | os.PathLike, workers: int | None = None,
+def compute_fingerprint(dataset: Dataset | DatasetScan | str | os.PathLike, workers: int | None = None,
                         progress: bool = True) -> Fingerprint:
-    """Read and validate every case, then pool the measurements; raises DatasetInvalid listing all problems."""
-    if not isinstance(dataset, Dataset):
-        dataset = load_dataset(dataset)
+    """Read and validate every case, then pool the measurements; raises DatasetInvalid listing all problems.
+
+    Given a folder (or a DatasetScan), the voxels of every case found are read even when dataset.json or
+    other cases have problems, so the error lists the problems of both stages at once, sorted by file.
+    """
+    if isinstance(dataset, Dataset):
+        scan = DatasetScan(dataset.root, dataset, [])
+    else:
+        scan = dataset if isinstance(dataset, DatasetScan) else scan_dataset(dataset)
+    problems: list[str] = list(scan.problems)
+    if scan.dataset is None:
+        raise DatasetInvalid(scan.root, sorted_problems(problems))
+    dataset = scan.dataset
     workers = default_workers() if workers is None else workers
-    cap = max(1, TOTAL_INTENSITY_SAMPLES // len(dataset.cases))
+    cap = max(1, TOTAL_INTENSITY_SAMPLES // max(1, len(dataset.cases)))
     cases: list[CaseFingerprint] = []
     samples: list[list[np.ndarray]] = [[] for _ in range(dataset.num_channels)]
-    problems: list[str] = []
     tasks = [(dataset, case, cap) for case in dataset.cases]
     for fp, case_samples, case_problems in map_cases(_fingerprint_case, tasks, workers, progress, "fingerprint"):
         problems.extend(case_problems)
         if fp is None:
             continue
         cases.append(fp)
-        for c, s in enumerate(case_samples):
-            samples[c].append(s)
+        for channel_samples, s in zip(samples, case_samples):  # fewer only when the scan has problems anyway
+            channel_samples.append(s)
     if problems:
-        raise DatasetInvalid(dataset.root, problems)
+        raise DatasetInvalid(dataset.root, sorted_problems(problems))
     orientation = dataset_orientation(c.orientation for c in cases)
     cases = [in_orientation(c, orientation) for c in cases]
     return Fingerprint(

@@ -26,13 +26,14 @@ def _read(path, problems: list[str]):
         return None, None
 
 
-def read_channels(files, n_channels: int, multi_channel_file: bool, problems: list[str],
+def read_channels(files, n_channels: int | None, multi_channel_file: bool, problems: list[str],
                   expectation: str = "dataset.json declares"):
     """Read one scan's channels: one 3D file per channel, or (multi_channel_file) a single 3D/4D file.
 
     Returns (channels, geometry of channel 0); every problem found is appended to `problems`, one line each
     naming its file: unreadable files, wrong dimensionality or channel count, channels on different grids,
-    NaN/Inf voxels. `expectation` says where the channel count comes from, for those messages.
+    NaN/Inf voxels. `expectation` says where the channel count comes from, for those messages; None for
+    `n_channels` means the count is unknown (dataset.json's is broken, reported elsewhere) and not checked.
     """
     files = list(files)
     channels: list[np.ndarray] = []
@@ -41,9 +42,9 @@ def read_channels(files, n_channels: int, multi_channel_file: bool, problems: li
         path = files[0]
         array, geometry = _read(path, problems)
         if array is not None:
-            if array.ndim == 3 and n_channels == 1:
+            if array.ndim == 3 and n_channels in (1, None):
                 channels = [array]
-            elif array.ndim == 4 and array.shape[0] == n_channels:
+            elif array.ndim == 4 and n_channels in (array.shape[0], None):
                 channels = list(array)
             elif array.ndim == 4:
                 problems.append(f"{path}: has {array.shape[0]} channels but {expectation} {n_channels}")
@@ -82,7 +83,8 @@ def read_channels(files, n_channels: int, multi_channel_file: bool, problems: li
 def read_case(dataset: Dataset, case: Case) -> tuple[CaseData | None, list[str]]:
     """Read and validate one case. Returns (data, []) or (None, problems), one line per problem."""
     problems: list[str] = []
-    n_channels = dataset.num_channels
+    # an empty channel_names only comes from a scan of a broken dataset.json: no count to check against
+    n_channels = dataset.num_channels or None
     channels, geometry = read_channels(case.image_files, n_channels, dataset.multi_channel_files, problems)
 
     label, label_geometry = _read(case.label_file, problems)
@@ -100,7 +102,7 @@ def read_case(dataset: Dataset, case: Case) -> tuple[CaseData | None, list[str]]
     if label is not None:
         label = _check_label_values(case.label_file, label, dataset.labels, problems)
 
-    if problems or len(channels) != n_channels or label is None:
+    if problems or not channels or (n_channels is not None and len(channels) != n_channels) or label is None:
         return None, problems
     image = np.stack([np.asarray(c, dtype=np.float32) for c in channels])
     return CaseData(case.case_id, image, label, geometry), []
@@ -114,6 +116,8 @@ def _check_label_values(path, label: np.ndarray, declared: dict[str, int], probl
         if not np.array_equal(label, np.round(label)):
             problems.append(f"{path}: label map has non-integer values (labels must be whole numbers)")
             return None
+    if not declared:  # a scan of a broken dataset.json: nothing to check the values against
+        return label
     values = np.unique(label)
     undeclared = sorted(set(int(v) for v in values) - set(declared.values()))
     if undeclared:
