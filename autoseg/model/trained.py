@@ -67,6 +67,10 @@ def default_configuration(models_dir: Path) -> str:
     trained = sorted(p.name for p in models_dir.iterdir() if p.is_dir() and trained_folds(models_dir, p.name)) \
         if models_dir.is_dir() else []
     if not trained:
+        unfinished = sorted(models_dir.glob(f"*/fold_*/{LATEST}")) if models_dir.is_dir() else []
+        if unfinished:
+            raise AutosegError(f"{unfinished[0].parent}: still training or interrupted (no {FINAL} yet); finish "
+                               f"it with autoseg train ... --resume")
         raise AutosegError(f"{models_dir}: no trained model (a models/<configuration>/fold_<k>/{FINAL})")
     if len(trained) == 1:
         return trained[0]
