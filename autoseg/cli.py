@@ -7,6 +7,7 @@ from pathlib import Path
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, CasesFailed, DatasetInvalid
+from autoseg.output_location import check_output_dir, writing_errors
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
 from autoseg.training.options import TrainOptions
 
@@ -133,8 +134,11 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_serve(args) -> int:
+    import tempfile
+
     from autoseg.serve import ServeOptions, serve
 
+    check_output_dir(args.temp_dir or tempfile.gettempdir(), what="temp folder")
     serve(args.package, ServeOptions(host=args.host, port=args.port, workers=args.workers, max_queue=args.max_queue,
                                      max_request_mb=args.max_request_mb, timeout_s=args.timeout,
                                      device=args.device, mirror=not args.no_tta, temp_dir=args.temp_dir))
@@ -354,10 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_hint(args) -> str | None:
+    """What a command writes, for an OS error that names no file (a bare write() on a full disk)."""
+    for name in ("output", "output_dir", "temp_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            return value
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with writing_errors(_output_hint(args)):
+            return args.func(args)
     except (DatasetInvalid, CasesFailed) as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)

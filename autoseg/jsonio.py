@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -23,19 +24,77 @@ T = TypeVar("T")
 TEMP_PREFIX = ".tmp-"
 
 
+NAME_MAX = 255  # bytes in one file name on every file system autoseg writes to (ext4, xfs, tmpfs, NFS)
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temp name beside `path` that atomic writes use: TEMP_PREFIX, the pid, then the name, so cleanup can
+    find it and writers see the same ending. A name too long to take the prefix gets a short stand-in (hash +
+    ending) instead: a final name that fits must not fail for its temp file's sake."""
+    path = Path(path)
+    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+    if len(os.fsencode(tmp.name)) <= NAME_MAX:
+        return tmp
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    ending = "".join(path.suffixes[-2:])
+    if len(ending) > 16:  # dots inside a long name are not an ending
+        ending = path.suffix if len(path.suffix) <= 16 else ""
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{digest}{ending}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temp path beside `path` (same ending, so writers pick the same format); on
     success it is renamed over `path`, on failure removed. A killed process leaves at most a
-    TEMP_PREFIX file, never a half-written target."""
+    TEMP_PREFIX file, never a half-written target.
+
+    An OSError on the way out names the final file (a bare `f.write` error names none, and the temp
+    name means nothing to the user), so the one line the CLI prints (autoseg.output_location) says
+    which output could not be written. Writers that hide the OS error in a RuntimeError (torch.save,
+    ITK) get it back when the folder turns out to be full or unwritable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+    tmp = temp_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or e.filename == str(tmp):
+            e.filename = str(path)
+        raise
+    except RuntimeError as e:
+        from autoseg.output_location import diagnose_write_failure  # the failure path only; it imports us
+
+        code = diagnose_write_failure(path.parent)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file that another library wrote and closed (nibabel, ITK) to the disk before it is renamed
+    into place, so a crash of the machine cannot leave a final name over missing data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make the renames in `folder` durable (best effort: some file systems refuse fsync on a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def json_safe(obj):

@@ -17,6 +17,7 @@ from autoseg.dataset.image_io import file_ending, read_image
 from autoseg.errors import AutosegError, CasesFailed
 from autoseg.evaluation.metrics import METRIC_NAMES, case_metrics, class_metrics
 from autoseg.jsonio import TEMP_PREFIX, json_safe, write_json_atomic, write_text_atomic
+from autoseg.output_location import check_output_file
 from autoseg.parallel import default_workers, map_cases
 
 SUMMARY_VERSION = 1
@@ -103,8 +104,9 @@ def evaluate_folder(pred_dir, ref_dir, labels=None, output=None, tolerance_mm: f
                     workers: int | None = None, progress: bool = True) -> dict:
     """Evaluate PRED_DIR against REF_DIR; writes summary.json (default PRED_DIR/summary.json), cases.csv and
     boxplots.png beside it, and returns the summary."""
-    summary = evaluate_pairs(paired_cases(Path(pred_dir), Path(ref_dir)), labels, tolerance_mm, workers, progress)
     output = Path(output) if output is not None else Path(pred_dir) / SUMMARY_FILE
+    check_output_file(output, what="evaluation summary")
+    summary = evaluate_pairs(paired_cases(Path(pred_dir), Path(ref_dir)), labels, tolerance_mm, workers, progress)
     write_report(summary, output)
     return summary
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset import load_dataset, read_image
-from autoseg.dataset.image_io import nifti_header_bytes, write_image_like
+from autoseg.dataset.image_io import nifti_header_bytes
+from autoseg.dataset.image_write import write_image_like
 from autoseg.errors import AutosegError
 from autoseg.evaluation.evaluate import SUMMARY_FILE, evaluate_pairs, write_report
 from autoseg.evaluation.postprocessing_decision import decide_postprocessing
@@ -25,6 +26,7 @@ from autoseg.model.outputs import PROBABILITIES_SUFFIX, load_probabilities
 from autoseg.model.prediction import ensemble_labels
 from autoseg.model.trained import INFERENCE_FILE, trained_folds
 from autoseg.jsonio import json_safe, to_dict, write_json_atomic
+from autoseg.output_location import check_output_dir
 from autoseg.planning.plan_types import CONFIGURATION_NAMES, load_plan
 from autoseg.postprocessing import save_postprocessing
 from autoseg.training.validation import SUMMARY as VALIDATION_SUMMARY
@@ -79,6 +81,7 @@ def find_best(output_dir, configurations=None, workers: int | None = None, progr
     """Evaluate the candidates, pick one, decide its postprocessing, write models/inference.json; returns it."""
     output_dir = Path(output_dir)
     models = output_dir / "models"
+    check_output_dir(models, what="models folder")
     plan = load_plan(output_dir / "plan.json")
     labels = sorted(v for v in plan.labels.values() if v > 0)
     dataset_dir = load_fingerprint(output_dir / plan.fingerprint_file).dataset_dir

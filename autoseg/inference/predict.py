@@ -28,6 +28,8 @@ from autoseg.inference.predictor import PreparedCase, Predictor
 from autoseg.inference.report import (CaseReport, load_case_report, write_case_report,
                                       write_predictions_csv)
 from autoseg.jsonio import TEMP_PREFIX, write_json_atomic
+from autoseg.output_location import (check_free_space, check_output_dir, describe_os_error, is_location_error,
+                                     stops_the_run)
 from autoseg.model.outputs import ENTROPY_SUFFIX, PROBABILITIES_SUFFIX
 from autoseg.model.prediction import STEP, OutputFiles, write_outputs
 
@@ -103,6 +105,7 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
     from tqdm import tqdm
 
     options = options or PredictOptions()
+    check_output_dir(output_dir, what="prediction folder")
     part = options.part or torchrun_part()
     device = options.device
     if part is not None and options.part is None and device in ("auto", "cuda"):
@@ -124,6 +127,9 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
             if path.resolve() in inputs:
                 raise AutosegError(f"{path}: the output would overwrite an input scan; choose another output folder")
     cases = share(cases, part)
+    # rough: a label map takes far less than its scan's file; a quarter of it is a floor, not a promise
+    check_free_space(output_dir, what="prediction folder",
+                     expected_bytes=sum(c.files[0].stat().st_size for c in cases if c.files[0].is_file()) // 4)
     if part is not None and part[0] != 1:  # a case ruled out by its file names is reported by part 1 alone
         problems = {}
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +173,10 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
                     future.result()
                     result.written.append(case.case_id)
                 except Exception as e:  # noqa: BLE001 - one bad case must not stop the others
-                    result.failed[case.case_id] = _one_line(e, case)
+                    if stops_the_run(e):  # full or read-only output folder: every later case would fail too
+                        raise
+                    result.failed[case.case_id] = (describe_os_error(e) if is_location_error(e)
+                                                   else _one_line(e, case))
                     _say(result.failed[case.case_id])
 
         refill()

@@ -30,6 +30,7 @@ from autoseg import __version__
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.jsonio import atomic_path, from_dict, json_safe, to_dict
+from autoseg.output_location import check_free_space, check_output_file
 from autoseg.model.checkpoint import FINAL, read_fold_weights
 from autoseg.model.input_checks import TrainingSummary, training_summary
 from autoseg.model.trained import (ModelSet, TrainedModel, default_configuration, network_from_weights,
@@ -123,6 +124,7 @@ def export_package(output_dir, package_path, options: ExportOptions | None = Non
     output_dir = Path(output_dir)
     models_dir = output_dir / "models"
     package_path = Path(package_path)
+    check_output_file(package_path, what="model package")
     if not models_dir.is_dir():
         raise AutosegError(f"{output_dir}: no models/ folder (train a model first)")
     choice = read_inference_choice(models_dir) if options.configuration is None else None
@@ -188,6 +190,7 @@ def export_package(output_dir, package_path, options: ExportOptions | None = Non
     members[INFO] = _json_bytes(info)
     manifest = {"format_version": PACKAGE_FORMAT_VERSION,
                 "members": {name: sha256_bytes(data) for name, data in sorted(members.items())}}
+    check_free_space(package_path, what="model package", expected_bytes=sum(len(d) for d in members.values()))
     with atomic_path(package_path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             for name, data in sorted(members.items()):

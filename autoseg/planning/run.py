@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg.fingerprint import compute_fingerprint, load_fingerprint, save_fingerprint
+from autoseg.output_location import check_output_dir
 from autoseg.planning.plan_types import CONFIGURATION_NAMES, Plan, save_plan
 from autoseg.planning.planner import plan_experiment
 
@@ -39,10 +40,16 @@ def plan_dataset(dataset_dir: str | os.PathLike | None = None, output_dir: str |
         raise ValueError("give exactly one of dataset_dir and fingerprint_path")
     if fingerprint_path is not None:
         fingerprint_path = Path(fingerprint_path)
-        fingerprint = load_fingerprint(fingerprint_path)
-        output_dir = Path(output_dir) if output_dir is not None else fingerprint_path.parent
+        default = fingerprint_path.parent
     else:
-        output_dir = Path(output_dir) if output_dir is not None else default_output_dir(dataset_dir)
+        default = default_output_dir(dataset_dir)
+    # before the fingerprint: a read-only dataset share must not cost the whole dataset's reading first
+    check_output_dir(output_dir if output_dir is not None else default, what="output folder",
+                     remedy=None if output_dir is not None else "choose another with -o OUTPUT_DIR")
+    output_dir = Path(output_dir) if output_dir is not None else default
+    if fingerprint_path is not None:
+        fingerprint = load_fingerprint(fingerprint_path)
+    else:
         fingerprint = compute_fingerprint(dataset_dir, workers=workers, progress=progress)
     plan = plan_experiment(fingerprint, gpu_memory_gb, tuple(configurations), fingerprint_file=FINGERPRINT_FILE)
     output_dir.mkdir(parents=True, exist_ok=True)

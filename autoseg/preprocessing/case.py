@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from autoseg.dataset.image_io import write_image_like
+from autoseg.dataset.image_write import write_image_like
 from autoseg.dataset.orientation import Reorientation, reorient, reorientation, undo_reorientation
 from autoseg.dataset.validation import CaseData
 from autoseg.planning.plan_types import Plan

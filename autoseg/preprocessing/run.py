@@ -13,6 +13,7 @@ from autoseg.dataset.layout import Case
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.jsonio import to_dict
+from autoseg.output_location import check_free_space, check_output_dir
 from autoseg.parallel import default_workers, map_cases
 from autoseg.planning.plan_types import Plan, load_plan
 from autoseg.preprocessing.case import preprocess_case
@@ -80,6 +81,7 @@ def preprocess_dataset(output_dir: str | os.PathLike, configurations: list[str] 
     interrupted run continues where it stopped; force=True redoes everything.
     """
     output_dir = Path(output_dir)
+    check_output_dir(output_dir, what="training folder")
     plan = load_plan(output_dir / "plan.json")
     if dataset_dir is None:
         fingerprint = load_fingerprint(output_dir / plan.fingerprint_file)
@@ -92,6 +94,11 @@ def preprocess_dataset(output_dir: str | os.PathLike, configurations: list[str] 
     if unknown:
         raise AutosegError(f"{output_dir / 'plan.json'}: no configuration {', '.join(unknown)} "
                            f"(planned: {', '.join(plan.configurations)})")
+    # rough: float32 arrays take at least what the scans' files take; finished cases need nothing
+    check_free_space(output_dir / PREPROCESSED_DIR, what="preprocessed data", expected_bytes=sum(
+        sum(p.stat().st_size for p in case.image_files if p.is_file())
+        for folder in {preprocessed_folder(output_dir, plan, name) for name in names} for case in dataset.cases
+        if force or not case_paths(folder, case.case_id)[2].is_file()))
     jobs, folders = [], {}
     for name in names:
         folder = preprocessed_folder(output_dir, plan, name)

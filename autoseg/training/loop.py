@@ -20,6 +20,7 @@ from autoseg.allocator import retain_freed_memory
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.jsonio import from_dict, json_safe, to_dict, write_json_atomic
+from autoseg.output_location import check_output_dir
 from autoseg.planning.plan_types import Plan, load_plan, save_plan
 from autoseg.preprocessing.run import preprocessed_folder
 from autoseg.training import distributed
@@ -78,6 +79,7 @@ def train(output_dir, fold="0", configuration: str = "3d_fullres", options: Trai
     """Train (or continue training) one fold; returns where the model is and how far it got."""
     options = options or TrainOptions()
     output_dir = Path(output_dir)
+    check_output_dir(output_dir, what="training folder")
     plan = load_plan(output_dir / "plan.json")
     if configuration not in plan.configurations:
         raise AutosegError(f"{output_dir / 'plan.json'}: no configuration {configuration} "
