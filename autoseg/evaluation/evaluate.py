@@ -49,6 +49,11 @@ def _evaluate_case(task):
         reference, ref_geometry = read_image(ref_path)
     except AutosegError as e:
         return case_id, None, str(e)
+    for path, array in ((pred_path, prediction), (ref_path, reference)):
+        if array.ndim not in (2, 3):
+            return case_id, None, f"{path}: is {array.ndim}D, expected a 2D or 3D label map"
+        if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(array, np.round(array)):
+            return case_id, None, f"{path}: label map has non-integer values (labels must be whole numbers)"
     if prediction.shape != reference.shape:
         return case_id, None, (f"{pred_path}: shape {prediction.shape} differs from the reference's "
                                f"{reference.shape} ({ref_path})")
