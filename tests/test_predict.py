@@ -237,7 +237,8 @@ def test_never_overwrites_an_input(trained, tmp_path):
     folder.mkdir()
     shutil.copy(images / "case_000_0000.nii.gz", folder / "scan.nii.gz")
     before = (folder / "scan.nii.gz").read_bytes()
-    proc = run_autoseg("predict", "-i", folder, "-o", folder, "-m", trained / "models", "-q", check=False)
+    proc = run_autoseg("predict", "-i", folder / "scan.nii.gz", "-o", folder, "-m", trained / "models", "-q",
+                       check=False)
     assert proc.returncode == 1 and "would overwrite an input scan" in proc.stderr
     assert (folder / "scan.nii.gz").read_bytes() == before
 

@@ -45,7 +45,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
-from autoseg.jsonio import atomic_path
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -581,29 +580,3 @@ def nifti_header_bytes(path: str | Path) -> bytes | None:
         raise _compressed_problem(path, e) from None
     except Exception as e:
         raise _unreadable(path, e) from None
-
-
-def write_image_like(array: np.ndarray, path: str | Path, spacing, origin, direction,
-                     nifti_header: bytes | None = None) -> None:
-    """Write a (z, y, x) array with the given geometry, atomically.
-
-    For NIfTI output with the source's header, the header is reused as is (qform, sform,
-    their codes, units, pixdim and the rest), so the geometry is bit-identical; only the
-    data type, shape and scaling are updated.
-    """
-    with atomic_path(path) as tmp:
-        if nifti_header is not None and file_ending(path) in (".nii", ".nii.gz"):
-            header_class = nib.Nifti1Header if len(nifti_header) == 348 else nib.Nifti2Header
-            header = header_class(binaryblock=nifti_header)
-            header.set_data_dtype(array.dtype)
-            header.set_data_shape(array.shape[::-1])
-            header.set_slope_inter(1.0, 0.0)
-            image_class = nib.Nifti1Image if header_class is nib.Nifti1Header else nib.Nifti2Image
-            image = image_class(np.ascontiguousarray(array.transpose(2, 1, 0)), None, header)
-            nib.save(image, str(tmp))
-        else:
-            image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
-            image.SetSpacing([float(s) for s in list(spacing)[::-1]])
-            image.SetOrigin([float(o) for o in origin])
-            image.SetDirection([float(d) for d in direction])
-            sitk.WriteImage(image, str(tmp), useCompression=True)
