@@ -42,6 +42,27 @@ def temp_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{digest}{ending}")
 
 
+def remove_dead_temps(path: str | os.PathLike) -> None:
+    """Remove the temp files a killed writer of `path` left (`.tmp-<pid>-<name>` whose process is gone); a
+    live writer's are kept. For single outputs that are rewritten in place, such as a model package."""
+    path = Path(path)
+    prefix_length = len(TEMP_PREFIX)
+    for tmp in path.parent.glob(f"{TEMP_PREFIX}*-{path.name}"):
+        pid = tmp.name[prefix_length:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temp path beside `path` (same ending, so writers pick the same format); on

@@ -370,3 +370,31 @@ def test_api_loads_a_models_folder_too(trained, package, scans):
     assert seg.shape == nib.load(str(scans / "case_000_0000.nii.gz")).shape
     with pytest.raises(AutosegError, match="no fold 7"):
         Predictor.load(package, device="cpu", folds=["7"])
+
+
+def test_export_killed_at_any_moment_leaves_no_package_or_a_whole_one(trained, tmp_path):
+    """kill -9 during `autoseg export`: the path holds nothing or a package that verifies, never a partial one,
+    and the next export replaces whatever temp file was left."""
+    import random
+    import signal
+    import time
+
+    package = tmp_path / "model.autoseg"
+    rng = random.Random(7)
+    outcomes = set()
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-m", "autoseg", "export", str(trained), "-o", str(package)],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if package.exists():
+            read_package(package)  # raises on a partial or damaged file
+            outcomes.add("whole")
+        else:
+            outcomes.add("absent")
+        package.unlink(missing_ok=True)
+    run_autoseg("export", trained, "-o", package)
+    read_package(package)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")], list(tmp_path.iterdir())
+    assert outcomes  # at least one kill landed (which way depends on timing)

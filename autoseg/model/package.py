@@ -29,7 +29,7 @@ import torch
 from autoseg import __version__
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import load_fingerprint
-from autoseg.jsonio import atomic_path, from_dict, json_safe, to_dict
+from autoseg.jsonio import atomic_path, from_dict, json_safe, remove_dead_temps, to_dict
 from autoseg.output_location import check_free_space, check_output_file
 from autoseg.model.checkpoint import FINAL, read_fold_weights
 from autoseg.model.input_checks import TrainingSummary, training_summary
@@ -191,6 +191,7 @@ def export_package(output_dir, package_path, options: ExportOptions | None = Non
     manifest = {"format_version": PACKAGE_FORMAT_VERSION,
                 "members": {name: sha256_bytes(data) for name, data in sorted(members.items())}}
     check_free_space(package_path, what="model package", expected_bytes=sum(len(d) for d in members.values()))
+    remove_dead_temps(package_path)
     with atomic_path(package_path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             for name, data in sorted(members.items()):
