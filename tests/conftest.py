@@ -52,6 +52,19 @@ def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(
     return path
 
 
+def write_nifti(path: Path, array_xyz: np.ndarray, affine: np.ndarray, *, qform_code: int = 1,
+                sform_code: int = 2) -> Path:
+    """A NIfTI in nibabel's (x, y, z) order whose qform and sform both hold `affine`, with the given codes."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array_xyz, affine)
+    image.header.set_qform(affine, code=qform_code)
+    image.header.set_sform(affine, code=sform_code)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
 def synthetic_case(rng: np.random.Generator, shape=(12, 16, 14), n_channels=1, n_labels=2):
     """Images with a bright blob labelled 1 (and a second labelled 2), zero padding at the border."""
     zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")

@@ -15,7 +15,7 @@ from autoseg.errors import AutosegError
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.jsonio import to_dict
 
-from conftest import run_autoseg, synthetic_case, train_tiny
+from conftest import run_autoseg, synthetic_case, train_tiny, write_nifti
 
 
 def _all_moves():
@@ -86,14 +86,6 @@ def signed_axis_orders(data_xyz: np.ndarray, affine: np.ndarray):
             yield name, np.ascontiguousarray(array), affine @ index_map
 
 
-def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_qform(affine, code=1)
-    image.header.set_sform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(path))
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("orientation"), 1, ["0"])
@@ -107,7 +99,7 @@ def test_one_scan_in_48_axis_orders_gives_the_same_labels_in_world_space(trained
     affine = scan.affine @ np.diag([1.0, 1.0, 2.0, 1.0])
     inputs = tmp_path / "in"
     for name, array, moved_affine in signed_axis_orders(data, affine):
-        _save(inputs / f"{name}_0000.nii.gz", array, moved_affine)
+        write_nifti(inputs / f"{name}_0000.nii.gz", array, moved_affine, sform_code=1)
     out = tmp_path / "out"
     run_autoseg("predict", "-i", inputs, "-o", out, "-m", trained / "models", "-q", "--device", "cpu",
                 "--precision", "fp32")
@@ -147,8 +139,8 @@ def test_mixed_orientation_dataset_trains_on_consistently_oriented_arrays(tmp_pa
                 label_xyz, _ = _move(label_xyz, affine, STORED_OTHERWISE[i])
             else:
                 image_affine = affine
-            _save(root / "imagesTr" / f"case_{i:03d}_0000.nii.gz", image_xyz, image_affine)
-            _save(root / "labelsTr" / f"case_{i:03d}.nii.gz", label_xyz.astype(np.uint8), image_affine)
+            write_nifti(root / "imagesTr" / f"case_{i:03d}_0000.nii.gz", image_xyz, image_affine)
+            write_nifti(root / "labelsTr" / f"case_{i:03d}.nii.gz", label_xyz.astype(np.uint8), image_affine)
         (root / "dataset.json").write_text(json.dumps({
             "channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 4,
             "file_ending": ".nii.gz", "name": "Mixed"}))

@@ -18,7 +18,7 @@ import torch
 from autoseg.model.sliding_window import mirror_flips, predict_logits
 from autoseg.postprocessing import Postprocessing, apply_postprocessing, save_postprocessing
 
-from conftest import REPO, run_autoseg, train_tiny
+from conftest import REPO, run_autoseg, train_tiny, write_nifti
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
@@ -28,15 +28,6 @@ def trained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained_two_channels(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("predict2"), 2, ["0"])
-
-
-def _nifti(path: Path, array_xyz: np.ndarray, affine: np.ndarray) -> Path:
-    image = nib.Nifti1Image(array_xyz, affine)
-    image.header.set_qform(affine, code=1)
-    image.header.set_sform(affine, code=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(path))
-    return path
 
 
 def _signed_permutations():
@@ -125,14 +116,14 @@ def test_orientation_round_trip_is_bit_identical(trained, tmp_path):
         affine = np.eye(4)
         affine[:3, :3] = rotation @ np.diag([0.9, 1.1, 1.3])
         affine[:3, 3] = rng.uniform(-50, 50, 3)
-        path = _nifti(inputs / f"perm{k:02d}.nii.gz", rng.normal(100, 10, (14, 17, 15)).astype(np.float32), affine)
+        path = write_nifti(inputs / f"perm{k:02d}.nii.gz", rng.normal(100, 10, (14, 17, 15)).astype(np.float32), affine)
         expected[path.name] = nib.load(str(path)).header
     angle = 0.3
     oblique = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
     affine = np.eye(4)
     affine[:3, :3] = oblique @ np.diag([0.7, 0.8, 2.5])
     affine[:3, 3] = [12.5, -7.25, 3.0]
-    path = _nifti(inputs / "oblique.nii.gz", rng.normal(100, 10, (18, 16, 9)).astype(np.float32), affine)
+    path = write_nifti(inputs / "oblique.nii.gz", rng.normal(100, 10, (18, 16, 9)).astype(np.float32), affine)
     expected[path.name] = nib.load(str(path)).header
     itk = sitk.GetImageFromArray(rng.normal(100, 10, (9, 16, 18)).astype(np.float32))
     itk.SetSpacing((0.7, 0.8, 2.5))
@@ -161,7 +152,7 @@ def test_multichannel_input_by_suffix_and_as_4d(trained_two_channels, tmp_path):
         shutil.copy(images / f"case_000_{c:04d}.nii.gz", by_suffix)
     channels = [nib.load(str(images / f"case_000_{c:04d}.nii.gz")) for c in (0, 1)]
     stacked = np.stack([np.asarray(c.dataobj) for c in channels], axis=-1)
-    _nifti(as_4d / "case_000.nii.gz", stacked, channels[0].affine)
+    write_nifti(as_4d / "case_000.nii.gz", stacked, channels[0].affine)
     models = trained_two_channels / "models"
     for folder in (by_suffix, as_4d):
         run_autoseg("predict", "-i", folder, "-o", tmp_path / f"out_{folder.name}", "-m", models, "-q")
@@ -200,8 +191,8 @@ def test_corrupt_inputs_fail_alone_with_one_line_each(trained, tmp_path):
     (inputs / "truncated_0000.nii.gz").write_bytes(gzip.compress(raw[:len(raw) // 2]))
     nan = np.asarray(good.dataobj).astype(np.float32)
     nan[3, 4, 5] = np.nan
-    _nifti(inputs / "nan_0000.nii.gz", nan, good.affine)
-    _nifti(inputs / "twochannels.nii.gz", np.stack([nan, nan], -1), good.affine)
+    write_nifti(inputs / "nan_0000.nii.gz", nan, good.affine)
+    write_nifti(inputs / "twochannels.nii.gz", np.stack([nan, nan], -1), good.affine)
     proc = run_autoseg("predict", "-i", inputs, "-o", tmp_path / "out", "-m", trained / "models", "-q", check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
@@ -224,7 +215,7 @@ def test_missing_channel_file_and_channels_on_different_grids_are_named(trained_
     moved = nib.load(str(images / "case_001_0001.nii.gz"))
     shifted = moved.affine.copy()
     shifted[0, 3] += 4.0
-    _nifti(inputs / "case_001_0001.nii.gz", np.asarray(moved.dataobj), shifted)
+    write_nifti(inputs / "case_001_0001.nii.gz", np.asarray(moved.dataobj), shifted)
     proc = run_autoseg("predict", "-i", inputs, "-o", tmp_path / "out", "-m", trained_two_channels / "models", "-q",
                     check=False)
     assert proc.returncode == 1 and "case_000_0001.nii.gz: missing" in proc.stderr
