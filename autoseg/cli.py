@@ -150,9 +150,9 @@ def _cmd_evaluate(args) -> int:
 
     output = args.output or str(Path(args.pred_dir) / SUMMARY_FILE)
     summary = evaluate_folder(args.pred_dir, args.ref_dir, args.labels, output, args.tolerance, args.workers,
-                              progress=not args.quiet)
+                              progress=not args.quiet, surface_convention=args.surface)
     print(f"{'label':>8}{'Dice':>8}{'IoU':>8}{'HD95 mm':>10}{'NSD':>8}   ({summary['num_cases']} cases, "
-          f"NSD at {summary['tolerance_mm']:g} mm)")
+          f"NSD at {summary['tolerance_mm']:g} mm, surface {summary['surface_convention']})")
     rows = [(label, m) for label, m in summary["mean"].items()] + [("fg mean", summary["foreground_mean"])]
     for label, m in rows:
         print(f"{label:>8}" + "".join(f"{m[k]:{w}.{d}f}" for k, w, d in
@@ -337,7 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="label values to score (default: every nonzero value present)")
     ev.add_argument("-o", "--output", default=None, metavar="FILE", help="summary path (default PRED_DIR/summary.json)")
     ev.add_argument("--tolerance", type=_positive_float, default=1.0, metavar="MM",
-                    help="normalized surface Dice tolerance in mm (default 1)")
+                    help="normalized surface Dice tolerance in mm (default 1); distances within 1e-6 relative "
+                         "of it count, since NIfTI spacing is float32")
+    ev.add_argument("--surface", choices=("elements", "voxels"), default="elements",
+                    help="surface convention of HD95 and NSD: 'elements' = surface elements weighted by area "
+                         "(Nikolov et al. 2021, DeepMind's surface-distance, as MSD and FLARE; default), "
+                         "'voxels' = border voxels (MetricsReloaded)")
     ev.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: CPU count, max 8)")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)

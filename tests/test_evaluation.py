@@ -28,39 +28,42 @@ def test_overlap_counts_and_volumes_by_hand():
 
 @pytest.mark.parametrize("spacing,expected", [((1.0, 1.0, 2.0), 6.0), ((2.0, 1.0, 1.0), 3.0),
                                               ((1.0, 0.5, 0.5), 1.5)])
-def test_distances_follow_anisotropic_spacing(spacing, expected):
+def test_voxel_distances_follow_anisotropic_spacing(spacing, expected):
     pred = np.zeros((5, 5, 6), bool)
     ref = np.zeros((5, 5, 6), bool)
     pred[2, 2, 1] = True
     ref[2, 2, 4] = True  # 3 voxels apart along the last axis
-    m = class_metrics(pred, ref, spacing, tolerance_mm=expected - 1e-6)
+    # a relative 1e-6 below the distance still counts (float32 spacing): 1e-5 below does not
+    m = class_metrics(pred, ref, spacing, tolerance_mm=expected * (1 - 1e-5), surface_convention="voxels")
     assert m.hd95 == pytest.approx(expected)
     assert m.nsd == 0.0
-    assert class_metrics(pred, ref, spacing, tolerance_mm=expected).nsd == 1.0
+    assert class_metrics(pred, ref, spacing, tolerance_mm=expected, surface_convention="voxels").nsd == 1.0
+    assert class_metrics(pred, ref, spacing, tolerance_mm=expected * (1 - 5e-7), surface_convention="voxels").nsd == 1.0
 
 
-def test_surface_dice_counts_both_surfaces():
+def test_voxel_surface_dice_counts_both_surfaces():
     ref = np.zeros((12, 12), bool)
     pred = np.zeros((12, 12), bool)
     ref[3:7, 3:7] = True  # 4x4: 12 surface pixels
     pred[3:7, 3:8] = True  # 4x5: 14 surface pixels; its column 7 lies 1 mm beyond ref's column 6
     assert surface(ref).sum() == 12 and surface(pred).sum() == 14
     # on each other's surface: pred 10 of 14 (not column 7), ref 10 of 12 (not rows 4-5 of column 6)
-    exact = class_metrics(pred, ref, (1.0, 1.0), tolerance_mm=0.5)
+    exact = class_metrics(pred, ref, (1.0, 1.0), tolerance_mm=0.5, surface_convention="voxels")
     assert exact.nsd == pytest.approx(20 / 26)
-    assert class_metrics(pred, ref, (1.0, 1.0), tolerance_mm=1.0).nsd == 1.0
+    assert class_metrics(pred, ref, (1.0, 1.0), tolerance_mm=1.0, surface_convention="voxels").nsd == 1.0
     assert exact.hd95 == pytest.approx(1.0)
 
 
-def test_empty_mask_conventions():
+@pytest.mark.parametrize("convention", ["elements", "voxels"])
+def test_empty_mask_conventions(convention):
     empty = np.zeros((4, 5, 6), bool)
     some = empty.copy()
     some[1, 1, 1] = True
-    both = class_metrics(empty, empty, (1.0, 2.0, 3.0))
+    both = class_metrics(empty, empty, (1.0, 2.0, 3.0), surface_convention=convention)
     assert all(math.isnan(v) for v in (both.dice, both.iou, both.hd95, both.nsd))
     assert (both.tp, both.fp, both.fn) == (0, 0, 0)
     for pred, ref in ((empty, some), (some, empty)):
-        m = class_metrics(pred, ref, (1.0, 2.0, 3.0))
+        m = class_metrics(pred, ref, (1.0, 2.0, 3.0), surface_convention=convention)
         assert (m.dice, m.iou, m.nsd) == (0.0, 0.0, 0.0)
         assert m.hd95 == pytest.approx(image_diagonal_mm((4, 5, 6), (1.0, 2.0, 3.0)))
         assert m.hd95 == pytest.approx(math.sqrt(3 ** 2 + 8 ** 2 + 15 ** 2))
@@ -79,11 +82,11 @@ def _random_blob(rng, shape):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_metrics_match_simpleitk_and_a_kd_tree(seed):
+def test_voxel_metrics_match_simpleitk_and_a_kd_tree(seed):
     rng = np.random.default_rng(seed)
     shape, spacing = (20, 24, 22), (2.5, 0.8, 1.1)
     pred, ref = _random_blob(rng, shape), _random_blob(rng, shape)
-    m = class_metrics(pred, ref, spacing, tolerance_mm=2.0)
+    m = class_metrics(pred, ref, spacing, tolerance_mm=2.0, surface_convention="voxels")
 
     images = []
     for mask in (pred, ref):
@@ -129,6 +132,7 @@ def test_evaluate_writes_summary_csv_and_boxplots(tmp_path):
     assert "fg mean" in proc.stdout
     summary = json.loads((pred_dir / "summary.json").read_text())
     assert summary["num_cases"] == 4 and summary["labels"] == [1, 2]
+    assert summary["surface_convention"] == "elements" and "surface elements" in proc.stdout
     assert 0.9 < summary["mean"]["1"]["dice"] <= 1.0
     assert summary["mean"]["1"]["ref_volume_mm3"] == 5 * 7 * 3 * 2.0
     case0 = summary["cases"][0]["metrics"]["2"]

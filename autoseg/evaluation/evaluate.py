@@ -2,7 +2,8 @@
 
 Writes summary.json (means per class and over foreground classes, every case), a per-case CSV
 and a PNG with a box plot per class per metric. Prediction and reference must share their
-grid; a mismatch fails that case with a line naming it, and nothing is written.
+grid; a mismatch fails that case with a line naming it, and nothing is written. 2D label maps
+(a 2D dataset's predictions) are scored in 2D with the spacing of their two axes.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import numpy as np
 
 from autoseg.dataset.image_io import file_ending, read_image
 from autoseg.errors import AutosegError, CasesFailed
-from autoseg.evaluation.metrics import METRIC_NAMES, case_metrics, class_metrics
+from autoseg.evaluation.metrics import DEFAULT_SURFACE, METRIC_NAMES, SURFACE_CONVENTIONS, case_metrics, class_metrics
 from autoseg.jsonio import TEMP_PREFIX, json_safe, write_json_atomic, write_text_atomic
 from autoseg.output_location import check_output_file
 from autoseg.parallel import default_workers, map_cases
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2  # 2: surface_convention; NSD/HD95 default to surface elements
 SUMMARY_FILE, CASES_FILE, PLOT_FILE = "summary.json", "cases.csv", "boxplots.png"
 MEAN_METRICS = ("dice", "iou", "hd95", "nsd")
 
@@ -43,7 +44,7 @@ def paired_cases(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
 
 
 def _evaluate_case(task):
-    case_id, pred_path, ref_path, labels, tolerance = task
+    case_id, pred_path, ref_path, labels, tolerance, surface_convention = task
     try:
         prediction, pred_geometry = read_image(pred_path)
         reference, ref_geometry = read_image(ref_path)
@@ -62,7 +63,9 @@ def _evaluate_case(task):
         return case_id, None, f"{pred_path}: geometry differs from the reference ({'; '.join(diffs)})"
     if labels is None:  # every foreground value either map holds
         labels = sorted((set(np.unique(reference).tolist()) | set(np.unique(prediction).tolist())) - {0})
-    metrics = case_metrics(prediction, reference, ref_geometry.spacing, labels, tolerance)
+    # a 2D file's geometry is still 3D (a unit-less third axis first): its array axes are the last two
+    spacing = ref_geometry.spacing[-reference.ndim:]
+    metrics = case_metrics(prediction, reference, spacing, labels, tolerance, surface_convention=surface_convention)
     return case_id, {str(v): m.as_dict() for v, m in metrics.items()}, None
 
 
@@ -71,22 +74,27 @@ def _nanmean(values) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def summarize(cases: list[dict], labels: list[int], tolerance_mm: float) -> dict:
+def summarize(cases: list[dict], labels: list[int], tolerance_mm: float, *,
+              surface_convention: str = DEFAULT_SURFACE) -> dict:
     """Means per class (over cases where the class is defined) and over foreground classes."""
     mean = {str(v): {m: _nanmean([c["metrics"][str(v)][m] for c in cases]) for m in METRIC_NAMES}
             for v in labels}
     foreground = {m: _nanmean([mean[str(v)][m] for v in labels]) for m in MEAN_METRICS}
-    return {"version": SUMMARY_VERSION, "tolerance_mm": tolerance_mm, "labels": labels, "num_cases": len(cases),
+    return {"version": SUMMARY_VERSION, "surface_convention": surface_convention, "tolerance_mm": tolerance_mm,
+            "labels": labels, "num_cases": len(cases),
             "mean": mean, "foreground_mean": foreground, "cases": cases}
 
 
 def evaluate_pairs(pairs: list[tuple[str, Path, Path]], labels=None, tolerance_mm: float = 1.0,
-                   workers: int | None = None, progress: bool = True) -> dict:
+                   workers: int | None = None, progress: bool = True, *,
+                   surface_convention: str = DEFAULT_SURFACE) -> dict:
     """The summary of (case id, prediction, reference) pairs; raises CasesFailed listing every bad case."""
     if tolerance_mm <= 0:
         raise AutosegError(f"--tolerance must be positive, got {tolerance_mm}")
+    if surface_convention not in SURFACE_CONVENTIONS:
+        raise AutosegError(f"--surface must be one of {', '.join(SURFACE_CONVENTIONS)}, got {surface_convention!r}")
     labels = sorted(int(v) for v in labels) if labels is not None else None
-    tasks = [(case_id, pred, ref, labels, tolerance_mm) for case_id, pred, ref in pairs]
+    tasks = [(case_id, pred, ref, labels, tolerance_mm, surface_convention) for case_id, pred, ref in pairs]
     workers = default_workers() if workers is None else workers
     results, problems = [], []
     for case_id, metrics, problem in map_cases(_evaluate_case, tasks, workers, progress, "evaluate"):
@@ -102,16 +110,18 @@ def evaluate_pairs(pairs: list[tuple[str, Path, Path]], labels=None, tolerance_m
     for (case_id, metrics), (_, pred, ref) in zip(results, pairs):
         cases.append({"case": case_id, "prediction": str(pred), "reference": str(ref),
                       "metrics": {str(v): metrics.get(str(v), empty) for v in found}})
-    return summarize(cases, found, tolerance_mm)
+    return summarize(cases, found, tolerance_mm, surface_convention=surface_convention)
 
 
 def evaluate_folder(pred_dir, ref_dir, labels=None, output=None, tolerance_mm: float = 1.0,
-                    workers: int | None = None, progress: bool = True) -> dict:
+                    workers: int | None = None, progress: bool = True, *,
+                    surface_convention: str = DEFAULT_SURFACE) -> dict:
     """Evaluate PRED_DIR against REF_DIR; writes summary.json (default PRED_DIR/summary.json), cases.csv and
     boxplots.png beside it, and returns the summary."""
     output = Path(output) if output is not None else Path(pred_dir) / SUMMARY_FILE
     check_output_file(output, what="evaluation summary")
-    summary = evaluate_pairs(paired_cases(Path(pred_dir), Path(ref_dir)), labels, tolerance_mm, workers, progress)
+    summary = evaluate_pairs(paired_cases(Path(pred_dir), Path(ref_dir)), labels, tolerance_mm, workers, progress,
+                             surface_convention=surface_convention)
     write_report(summary, output)
     return summary
 
