@@ -28,7 +28,7 @@ def masks():
 
 def main() -> None:
     pred, ref = masks()
-    m = class_metrics(pred, ref, SPACING, TOLERANCE)
+    m = class_metrics(pred, ref, SPACING, TOLERANCE, surface_convention="voxels")  # the figure draws voxel borders
     h, w = ref.shape
     image = Image.new("RGB", (w * CELL + 330, h * CELL + 20), "white")
     draw = ImageDraw.Draw(image)
