@@ -11,7 +11,7 @@ from autoseg.dataset.orientation import Reorientation, reorient, reorientation, 
 from autoseg.dataset.validation import CaseData
 from autoseg.planning.plan_types import Plan
 from autoseg.preprocessing.crop import OUTSIDE, crop_to_nonzero
-from autoseg.preprocessing.normalize import normalize
+from autoseg.preprocessing.normalize import normalize, zscore_mask
 from autoseg.preprocessing.properties import PROPERTIES_VERSION, CaseProperties, SourceGeometry
 from autoseg.planning.spacing import resampled_shape
 from autoseg.preprocessing.resample import (axis_kernels, resample_argmax, resample_image, resample_label,
@@ -61,7 +61,7 @@ def preprocess_case(case: CaseData, plan: Plan, configuration: str, signature: s
     shape_before = list(image.shape[1:])
     image, label, mask, bbox = crop_to_nonzero(image, label)
     shape_after_crop = list(image.shape[1:])
-    image = normalize(image, plan.normalization, mask)
+    image = normalize(image, plan.normalization, zscore_mask(mask, label))
     target = configuration_spacing(plan, configuration, spacing)
     new_shape = resampled_shape(shape_after_crop, spacing, target)
     order = plan.resampling.image_order

@@ -8,6 +8,17 @@ from autoseg.planning.plan_types import ChannelNormalization
 EPS = 1e-8
 
 
+def zscore_mask(nonzero: np.ndarray, label: np.ndarray | None) -> np.ndarray:
+    """The voxels a masked z-score uses: `label >= 0` after cropping, the same set as nnU-Net's `seg >= 0`.
+
+    That is the filled nonzero region plus any labelled voxel outside it (a structure touching the zero
+    field of view, whose image is 0 in every channel): nnU-Net keeps such voxels in its statistics and
+    normalizes them, so its preprocessed training data do. Without a label map (prediction) it is the
+    filled nonzero region, as in nnU-Net.
+    """
+    return nonzero if label is None else label >= 0
+
+
 def normalize_channel(channel: np.ndarray, rule: ChannelNormalization, mask: np.ndarray | None,
                       out: np.ndarray | None = None) -> np.ndarray:
     """Normalize one channel (float32 result, written into `out` when given).
