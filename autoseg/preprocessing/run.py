@@ -27,10 +27,16 @@ def preprocessed_folder(output_dir: str | os.PathLike, plan: Plan, configuration
     return Path(output_dir) / PREPROCESSED_DIR / plan.configurations[configuration].data_identifier
 
 
+# Raised whenever preprocessing computes other numbers from the same plan (2: nnU-Net's B-spline resampling,
+# clamping and label ties, and the seg >= 0 z-score mask), so cases written by older code are redone.
+PREPROCESSING_REVISION = 2
+
+
 def case_signature(plan: Plan, configuration: str, case: Case) -> str:
     """Changes when anything that shapes this case's preprocessed data changes."""
     config = plan.configurations[configuration]
-    decisions = {"version": PROPERTIES_VERSION, "orientation": plan.orientation, "transpose": plan.transpose_forward, "spacing": config.spacing,
+    decisions = {"version": PROPERTIES_VERSION, "revision": PREPROCESSING_REVISION, "orientation": plan.orientation,
+                 "transpose": plan.transpose_forward, "spacing": config.spacing,
                  "normalization": to_dict(plan.normalization), "resampling": to_dict(plan.resampling),
                  "labels": plan.labels}
     files = []
