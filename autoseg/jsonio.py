@@ -49,11 +49,12 @@ def remove_dead_temps(path: str | os.PathLike) -> None:
     prefix_length = len(TEMP_PREFIX)
     for tmp in path.parent.glob(f"{TEMP_PREFIX}*-{path.name}"):
         pid = tmp.name[prefix_length:].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (another user's counts): temp files of the living are kept."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -12,18 +12,9 @@ import tempfile
 from pathlib import Path
 
 from autoseg.errors import AutosegError
+from autoseg.jsonio import process_alive
 
 PREFIX = "autoseg-serve-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _remove_if_ours(path: Path) -> bool:
@@ -49,7 +40,7 @@ def remove_stale(parent: Path) -> list[Path]:
         if not path.name.startswith(PREFIX) or not suffix.isdigit():
             continue
         pid = int(suffix)
-        if (pid == os.getpid() or not _pid_alive(pid)) and _remove_if_ours(path):
+        if (pid == os.getpid() or not process_alive(pid)) and _remove_if_ours(path):
             removed.append(path)
     return removed
 
