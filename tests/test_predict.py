@@ -288,3 +288,38 @@ def test_slab_wise_argmax_equals_argmax_of_resampled_volumes(monkeypatch):
         expected = np.stack([resample.resample_volume(v, (23, 9, 30), kernels) for v in volumes]).argmax(0)
         assert np.array_equal(resample.resample_argmax(volumes, (23, 9, 30), kernels), expected)
     assert np.array_equal(resample.resample_argmax(volumes, volumes.shape[1:], ["linear"] * 3), volumes.argmax(0))
+
+
+def test_restore_resamples_logits_then_takes_the_softmax_like_nnunet(trained):
+    """nnU-Net resamples logits to the scan's grid and takes the softmax there; interpolating probabilities
+    instead moves the argmax near class borders."""
+    from autoseg.dataset.image_io import Geometry
+    from autoseg.dataset.validation import CaseData
+    from autoseg.model.prediction import restore
+    from autoseg.planning.plan_types import load_plan
+    from autoseg.preprocessing import case as case_module
+    from autoseg.preprocessing.resample import resample_volume
+
+    plan = load_plan(trained / "plan.json")
+    rng = np.random.default_rng(11)
+    image = rng.normal(100, 10, (1, 12, 20, 18)).astype(np.float32)  # nonzero everywhere: the crop is the scan
+    direction = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0) if plan.orientation == "RAS" else tuple(np.eye(3).ravel())
+    data = CaseData("x", image, None, Geometry((1.7, 1.3, 1.0), (0.0, 0.0, 0.0), direction))
+    _, _, props = case_module.preprocess_case(data, plan, "3d_fullres")
+    assert props.shape_after_resampling != props.shape_after_crop, "the case must be resampled"
+    logits = (3 * rng.normal(size=(3, *props.shape_after_resampling))).astype(np.float32)
+    restored = restore([(logits, props, plan)], keep_probabilities=True)
+
+    kernels = case_module._kernels(plan, props.target_spacing, props.spacing, "linear")
+    resampled = np.stack([resample_volume(c, props.shape_after_crop, kernels) for c in logits])
+    expected = np.exp(resampled - resampled.max(0))
+    expected /= expected.sum(0)
+    back = case_module.Reorientation(tuple(props.reorient_permutation), tuple(props.reorient_flips))
+    expected = case_module.undo_reorientation(expected.transpose([0] + [a + 1 for a in plan.transpose_backward]),
+                                              back)
+    assert np.allclose(restored.probabilities, expected, atol=1e-5)
+    assert np.array_equal(restored.segmentation, expected.argmax(0))
+    softmax_first = np.exp(logits - logits.max(0))
+    softmax_first /= softmax_first.sum(0)
+    interpolated = np.stack([resample_volume(c, props.shape_after_crop, kernels) for c in softmax_first]).argmax(0)
+    assert (interpolated != resampled.argmax(0)).any(), "this case should tell the two orders apart"

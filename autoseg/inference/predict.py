@@ -186,7 +186,7 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
             refill()
             try:
                 prepared = future.result()
-                probabilities = predictor.infer(prepared)
+                logits = predictor.infer(prepared)
             except Exception as e:  # noqa: BLE001 - reported per case; the run goes on
                 result.failed[case.case_id] = _one_line(e, case)
                 _say(result.failed[case.case_id])
@@ -194,9 +194,9 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
                 continue
             del future
             collect(workers - 1)  # bounded: at most `workers` finished cases wait in memory
-            exporting.append((case, writers.submit(_export, predictor, case, prepared, probabilities, output_dir,
+            exporting.append((case, writers.submit(_export, predictor, case, prepared, logits, output_dir,
                                                    options)))
-            del prepared, probabilities
+            del prepared, logits
             bar.update()
         collect(0)
         bar.close()
@@ -258,13 +258,13 @@ def _one_line(error: Exception, case: InputCase) -> str:
     return f"{case.files[0]}: prediction failed ({type(error).__name__}{': ' + detail[:200] if detail else ''})"
 
 
-def _export(predictor: Predictor, case: InputCase, prepared: PreparedCase, probabilities, output_dir: Path,
+def _export(predictor: Predictor, case: InputCase, prepared: PreparedCase, logits, output_dir: Path,
             options: PredictOptions) -> None:
     """Restore, then preview, probabilities and report, and the label map last (it marks the case finished)."""
     label_path, *extra = output_paths(case, output_dir, options.save_probabilities)
     files = OutputFiles(label_path, *extra) if extra else OutputFiles(label_path)
     start = time.perf_counter()
-    restored = predictor.restore(prepared, probabilities, keep_probabilities=options.save_probabilities)
+    restored = predictor.restore(prepared, logits, keep_probabilities=options.save_probabilities)
     segmentation = restored.segmentation
     if options.preview:
         from autoseg.inference.preview import write_preview

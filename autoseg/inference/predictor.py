@@ -35,7 +35,7 @@ from autoseg.model.input_checks import check_scan
 from autoseg.model.package import load_package
 from autoseg.model.precision import autocast_dtype
 from autoseg.model.prediction import (STEP, InferenceSettings, OutputFiles, PreparedInput, Restored,
-                                      case_probabilities, restore, restore_and_write)
+                                      case_logits, restore, restore_and_write)
 from autoseg.model.trained import ModelSet, load_models
 from autoseg.preprocessing.case import preprocess_case
 
@@ -154,27 +154,27 @@ class Predictor:
                             timings={"preprocess_s": time.perf_counter() - start})
 
     def infer(self, prepared: PreparedCase) -> list[np.ndarray]:
-        """Probabilities of every model on its preprocessed grid; one case at a time per Predictor."""
+        """Logits of every model on its preprocessed grid; one case at a time per Predictor."""
         start = time.perf_counter()
         with self._network_lock:
-            out = [case_probabilities(model, inputs, self.settings).numpy()
+            out = [case_logits(model, inputs, self.settings).numpy()
                    for model, inputs in zip(self.models.models, prepared.inputs)]
         prepared.timings["network_s"] = time.perf_counter() - start
         return out
 
-    def restore(self, prepared: PreparedCase, probabilities: list[np.ndarray], *,
+    def restore(self, prepared: PreparedCase, logits: list[np.ndarray], *,
                 keep_probabilities: bool = False) -> Restored:
         """Back to the scan's own grid and orientation, postprocessed; nothing written."""
         members = [(p, inputs.props, model.plan)
-                   for p, inputs, model in zip(probabilities, prepared.inputs, self.models.models)]
+                   for p, inputs, model in zip(logits, prepared.inputs, self.models.models)]
         return restore(members, postprocessing=self.models.postprocessing, keep_probabilities=keep_probabilities)
 
-    def finish(self, prepared: PreparedCase, probabilities: list[np.ndarray], files: OutputFiles | None, *,
+    def finish(self, prepared: PreparedCase, logits: list[np.ndarray], files: OutputFiles | None, *,
                report: bool = True, case_id: str = "") -> tuple[np.ndarray, CaseReport | None]:
         """Restore to the scan's grid, postprocess, write (when files are given); the label map and report."""
         start = time.perf_counter()
         members = [(p, inputs.props, model.plan)
-                   for p, inputs, model in zip(probabilities, prepared.inputs, self.models.models)]
+                   for p, inputs, model in zip(logits, prepared.inputs, self.models.models)]
         segmentation = restore_and_write(members, files, postprocessing=self.models.postprocessing)
         prepared.timings["restore_write_s"] = time.perf_counter() - start
         if not report:
@@ -206,8 +206,8 @@ class Predictor:
         """Read a case's files, predict, write `files`; returns (label map, report or None)."""
         start = time.perf_counter()
         prepared = self.prepare_files(case)
-        probabilities = self.infer(prepared)
-        segmentation, case_report = self.finish(prepared, probabilities, files, report=False)
+        logits = self.infer(prepared)
+        segmentation, case_report = self.finish(prepared, logits, files, report=False)
         prepared.timings["total_s"] = time.perf_counter() - start
         if report:
             case_report = self.case_report(prepared, segmentation, case.case_id, str(files.label_map))
@@ -226,9 +226,9 @@ class Predictor:
                                                                 direction)
         prepared = self.prepare(data, header, file_format, name)
         prepared.files = files
-        probabilities = self.infer(prepared)
+        logits = self.infer(prepared)
         output_files = OutputFiles(Path(output)) if output is not None else None
-        segmentation, _ = self.finish(prepared, probabilities, output_files, report=False)
+        segmentation, _ = self.finish(prepared, logits, output_files, report=False)
         prepared.timings["total_s"] = time.perf_counter() - start
         case_report = self.case_report(prepared, segmentation, _case_id_of(name),
                                        str(output) if output is not None else "") if report else None

@@ -1,9 +1,9 @@
 """From a preprocessed case to label maps on disk: the one path end-of-training validation, `autoseg
 predict`, the Python API and the service all take.
 
-network(s) -> sliding-window logits -> probabilities on the preprocessed grid -> (cascade: the first
-stage's segmentation as extra channels) -> restored to the scan's own grid and orientation ->
-(ensemble: members' probabilities averaged there) -> postprocessing -> files written atomically, the
+network(s) -> sliding-window logits on the preprocessed grid -> (cascade: the first stage's segmentation
+as extra channels) -> logits restored to the scan's own grid and orientation, argmax there (probabilities:
+softmax there, as nnU-Net) -> (ensemble: members' probabilities averaged there) -> postprocessing -> files written atomically, the
 label map last so its presence marks a finished case.
 """
 from __future__ import annotations
@@ -55,25 +55,33 @@ class Member:
     previous_stage: "Member | None" = None
 
 
-def network_probabilities(member: Member, image: np.ndarray, settings: InferenceSettings) -> torch.Tensor:
-    """(classes, *grid) softmax probabilities of the folds' mean logits on the preprocessed grid."""
+def network_logits(member: Member, image: np.ndarray, settings: InferenceSettings) -> torch.Tensor:
+    """(classes, *grid) the folds' mean logits on the preprocessed grid (Gaussian-weighted sliding window)."""
     config = member.plan.configurations[member.configuration]
     mirror_axes = tuple(range(config.ndim)) if settings.mirror else ()
-    logits = predict_logits(member.networks, image, config.patch_size, len(member.plan.labels), settings.device,
-                            mirror_axes, settings.amp_dtype, settings.step)
-    return softmax_(logits)
+    return predict_logits(member.networks, image, config.patch_size, len(member.plan.labels), settings.device,
+                          mirror_axes, settings.amp_dtype, settings.step)
 
 
-def case_probabilities(member: Member, prepared: PreparedInput, settings: InferenceSettings) -> torch.Tensor:
-    """Probabilities of one member on its preprocessed grid, running the cascade's first stage first."""
+def network_probabilities(member: Member, image: np.ndarray, settings: InferenceSettings) -> torch.Tensor:
+    """(classes, *grid) softmax probabilities on the preprocessed grid."""
+    return softmax_(network_logits(member, image, settings))
+
+
+def case_logits(member: Member, prepared: PreparedInput, settings: InferenceSettings) -> torch.Tensor:
+    """Logits of one member on its preprocessed grid, running the cascade's first stage first.
+
+    Logits, not probabilities, are what gets restored to the scan's grid: nnU-Net resamples logits and
+    takes the softmax afterwards, and the argmax near class borders depends on which of the two is
+    interpolated."""
     image = prepared.image
     if member.previous_stage is not None:
         stage, low = member.previous_stage, prepared.previous
-        low_probabilities = network_probabilities(stage, low.image, settings)
-        segmentation = label_on_grid_of(low_probabilities.argmax(0).numpy().astype(np.uint8), low.props,
+        low_logits = network_logits(stage, low.image, settings)
+        segmentation = label_on_grid_of(low_logits.argmax(0).numpy().astype(np.uint8), low.props,
                                         prepared.props, stage.plan)
-        image = np.concatenate([image, one_hot_channels(segmentation, low_probabilities.shape[0])])
-    return network_probabilities(member, image, settings)
+        image = np.concatenate([image, one_hot_channels(segmentation, low_logits.shape[0])])
+    return network_logits(member, image, settings)
 
 
 def ensemble_labels(probabilities: np.ndarray, label_values) -> np.ndarray:
@@ -105,19 +113,20 @@ class Restored:
 
 def restore(members: list[tuple[np.ndarray, CaseProperties, Plan]], *, postprocessing: Postprocessing | None = None,
             keep_probabilities: bool = False) -> Restored:
-    """members: (probabilities on the preprocessed grid, that grid's properties, plan) per model. Restores
-    to the scan's own grid (one member: class by class, the memory-light path; several: probabilities
-    averaged on the scan's grid, where all members meet), then postprocesses."""
+    """members: (logits on the preprocessed grid, that grid's properties, plan) per model. Restores to the
+    scan's own grid (one member: the argmax of the resampled logits class by class, the memory-light path;
+    several: each member's softmax of its resampled logits, averaged on the scan's grid where all members
+    meet), then postprocesses."""
     values = sorted(members[0][2].labels.values())
     restored = None
     if len(members) == 1:
-        probabilities, props, plan = members[0]
-        segmentation = restore_segmentation(probabilities, props, plan)
+        logits, props, plan = members[0]
+        segmentation = restore_segmentation(logits, props, plan)
         if keep_probabilities:
-            restored = restore_probabilities(probabilities, props, plan)
+            restored = restore_probabilities(logits, props, plan, from_logits=True)
     else:
-        for probabilities, props, plan in members:
-            member = restore_probabilities(probabilities, props, plan)
+        for logits, props, plan in members:
+            member = restore_probabilities(logits, props, plan, from_logits=True)
             restored = member if restored is None else restored + member
         restored /= len(members)
         segmentation = ensemble_labels(restored, values)

@@ -94,14 +94,21 @@ def restore_label(label: np.ndarray, props: CaseProperties, plan: Plan) -> np.nd
     return _uncrop_and_untranspose(label, props, plan, 0)
 
 
-def restore_probabilities(probabilities: np.ndarray, props: CaseProperties, plan: Plan) -> np.ndarray:
-    """(C, grid) class probabilities on the preprocessed grid -> (C, source grid); background is 1 outside the crop."""
+def restore_probabilities(scores: np.ndarray, props: CaseProperties, plan: Plan, *,
+                          from_logits: bool = False) -> np.ndarray:
+    """(C, grid) class probabilities on the preprocessed grid -> (C, source grid); background is 1 outside the crop.
+
+    from_logits: the scores are logits, resampled first and turned into probabilities on the source grid
+    (softmax over classes), as nnU-Net does when it exports a prediction."""
     kernels = _kernels(plan, props.target_spacing, props.spacing, "linear")
-    out = []
-    for c, channel in enumerate(probabilities):
-        channel = resample_volume(channel.astype(np.float32), props.shape_after_crop, kernels)
-        out.append(_uncrop_and_untranspose(channel, props, plan, 1.0 if c == 0 else 0.0))
-    return np.stack(out)
+    cropped = np.stack([resample_volume(channel.astype(np.float32), props.shape_after_crop, kernels)
+                        for channel in scores])
+    if from_logits:
+        cropped -= cropped.max(axis=0, keepdims=True)  # a stable softmax, in place
+        np.exp(cropped, out=cropped)
+        cropped /= cropped.sum(axis=0, keepdims=True)
+    return np.stack([_uncrop_and_untranspose(channel, props, plan, 1.0 if c == 0 else 0.0)
+                     for c, channel in enumerate(cropped)])
 
 
 def restore_segmentation(scores, props: CaseProperties, plan: Plan) -> np.ndarray:

@@ -288,10 +288,10 @@ async def _process(state: ServiceState, job: Job, upload, report: bool) -> Resul
                                               predictor.num_channels, options.max_unpacked_bytes)
         prepared = await loop.run_in_executor(state.prepare_pool, _stage, job, predictor.prepare_files,
                                               uploaded.case)
-        probabilities = await loop.run_in_executor(state.network_pool, _stage, job, predictor.infer, prepared)
+        logits = await loop.run_in_executor(state.network_pool, _stage, job, predictor.infer, prepared)
         state.network_s += EMA_WEIGHT * (prepared.timings.get("network_s", state.network_s) - state.network_s)
         return await loop.run_in_executor(state.export_pool, _stage, job, _export, predictor, uploaded, prepared,
-                                          probabilities, job.work, report)
+                                          logits, job.work, report)
     except (Problem, Abandoned):
         raise
     except AutosegError as e:
@@ -302,13 +302,13 @@ async def _process(state: ServiceState, job: Job, upload, report: bool) -> Resul
             str(state.temp_root), "<upload>")) from None
 
 
-def _export(predictor: Predictor, uploaded: UploadedCase, prepared, probabilities, work: Path, report: bool) -> Result:
+def _export(predictor: Predictor, uploaded: UploadedCase, prepared, logits, work: Path, report: bool) -> Result:
     """Restore and write the label map exactly as `autoseg predict` does; its bytes, or the JSON report."""
     out = work / "out"
     out.mkdir()
     path = out / uploaded.label_name
-    segmentation, _ = predictor.finish(prepared, probabilities, OutputFiles(path), report=False)
-    del probabilities
+    segmentation, _ = predictor.finish(prepared, logits, OutputFiles(path), report=False)
+    del logits
     body = path.read_bytes()
     media_type = MEDIA_TYPES.get(uploaded.ending, "application/octet-stream")
     network_s = prepared.timings.get("network_s")

@@ -13,7 +13,7 @@ from autoseg.overlap import dice_per_class
 from autoseg.jsonio import json_safe, write_json_atomic
 from autoseg.model.cascade import one_hot_channels
 from autoseg.model.outputs import PROBABILITIES_SUFFIX
-from autoseg.model.prediction import InferenceSettings, Member, OutputFiles, network_probabilities, restore_and_write
+from autoseg.model.prediction import InferenceSettings, Member, OutputFiles, network_logits, restore_and_write
 from autoseg.planning.plan_types import Plan
 from autoseg.preprocessing.case import label_on_grid_of
 from autoseg.preprocessing.properties import load_properties
@@ -48,15 +48,15 @@ def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, d
         image, _, props = load_case(preprocessed, case_id)
         if previous is not None:
             image = np.concatenate([image, one_hot_channels(np.load(previous[case_id]), len(plan.labels))])
-        probabilities = network_probabilities(member, image, settings).numpy()
+        logits = network_logits(member, image, settings).numpy()
         if next_stage is not None:
             next_props = load_properties(case_paths(next_stage[0], case_id)[2])
-            on_next_grid = label_on_grid_of(probabilities.argmax(0).astype(np.uint8), props, next_props, plan)
+            on_next_grid = label_on_grid_of(logits.argmax(0).astype(np.uint8), props, next_props, plan)
             save_npy_atomic(next_stage[1] / f"{case_id}.npy", on_next_grid)
         # probabilities are kept for find-best, which averages configurations' to evaluate ensembles
         files = OutputFiles(out_dir / f"{case_id}{props.source.file_format}",
                             probabilities=out_dir / f"{case_id}{PROBABILITIES_SUFFIX}", half_probabilities=True)
-        segmentation = restore_and_write([(probabilities, props, plan)], files)
+        segmentation = restore_and_write([(logits, props, plan)], files)
         reference, _ = read_image(label_files[case_id])
         dice = dice_per_class(segmentation, reference, labels.values())
         per_case.append({"case": case_id, "dice": {name: dice[value] for name, value in labels.items()}})
