@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
-from autoseg.dataset.image_io import Geometry
+from autoseg.dataset.geometry import Geometry
 from autoseg.errors import AutosegError
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
