@@ -175,11 +175,7 @@ def check_output_file(path: str | os.PathLike, *, what: str, expected_bytes: int
     if path.is_dir():
         raise _fail(path, what, f"is a folder; the {what} must be a file name", errno.EISDIR,
                     remedy or "give a file name, e.g. " + str(path / "NAME"))
-    folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise _fail(path, what, f"cannot write the {what}: {folder} is a file, not a folder", errno.ENOTDIR,
-                    remedy or "choose another path")
-    existing = _nearest_existing(folder)
+    existing = _nearest_existing(path.parent)  # the parent itself when it exists, file or folder
     if not existing.is_dir():
         raise _fail(path, what, f"cannot write the {what}: {existing} is a file, not a folder", errno.ENOTDIR,
                     remedy or "choose another path")

@@ -381,7 +381,6 @@ def test_export_killed_at_any_moment_leaves_no_package_or_a_whole_one(trained, t
 
     package = tmp_path / "model.autoseg"
     rng = random.Random(7)
-    outcomes = set()
     for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-m", "autoseg", "export", str(trained), "-o", str(package)],
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -390,11 +389,7 @@ def test_export_killed_at_any_moment_leaves_no_package_or_a_whole_one(trained, t
         proc.wait()
         if package.exists():
             read_package(package)  # raises on a partial or damaged file
-            outcomes.add("whole")
-        else:
-            outcomes.add("absent")
         package.unlink(missing_ok=True)
     run_autoseg("export", trained, "-o", package)
     read_package(package)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")], list(tmp_path.iterdir())
-    assert outcomes  # at least one kill landed (which way depends on timing)
