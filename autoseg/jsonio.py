@@ -145,11 +145,14 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, compact: bool = False) 
     write_text_atomic(path, text + "\n")
 
 
+_PLAIN_TYPES = {int, float, str}
+
+
 def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
-        if all(type(v) in (int, float, str) for v in obj):
+        if set(map(type, obj)) <= _PLAIN_TYPES:  # C-speed check: class locations are lists of 10^5 ints
             return list(obj)
         if all(type(v) is list and all(type(x) in (int, float) for x in v) for v in obj):
             return [list(v) for v in obj]

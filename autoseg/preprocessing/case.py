@@ -101,8 +101,9 @@ def restore_probabilities(scores: np.ndarray, props: CaseProperties, plan: Plan,
     from_logits: the scores are logits, resampled first and turned into probabilities on the source grid
     (softmax over classes), as nnU-Net does when it exports a prediction."""
     kernels = _kernels(plan, props.target_spacing, props.spacing, "linear")
-    cropped = np.stack([resample_volume(channel.astype(np.float32), props.shape_after_crop, kernels)
-                        for channel in scores])
+    cropped = np.empty((len(scores),) + tuple(props.shape_after_crop), np.float32)
+    for channel, target in zip(scores, cropped):
+        resample_volume(channel, props.shape_after_crop, kernels, out=target)
     if from_logits:
         cropped -= cropped.max(axis=0, keepdims=True)  # a stable softmax, in place
         np.exp(cropped, out=cropped)

@@ -277,18 +277,24 @@ def _rows(block) -> slice:
     return slice(block[2], block[3])
 
 
-def resample_volume(volume: np.ndarray, new_shape, kernels: list[str], *, clip: bool = True) -> np.ndarray:
-    """Resample a 3D volume to new_shape (float32), one slab of output at a time.
+def resample_volume(volume: np.ndarray, new_shape, kernels: list[str], *, clip: bool = True,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Resample a 3D volume to new_shape (float32), one slab of output at a time, into `out` when given
+    (a float32 array of new_shape: callers stacking channels write each in place instead of copying).
 
     With clip (nnU-Net's `resize(clip=True)`), values are clamped to the input's range, per slice along
     the separate axis when there is one; spline overshoot at edges is cut exactly where nnU-Net cuts it.
     """
     new_shape = tuple(int(s) for s in new_shape)
     if tuple(volume.shape) == new_shape:
-        return np.asarray(volume, dtype=np.float32)
+        if out is None:
+            return np.asarray(volume, dtype=np.float32)
+        out[...] = volume
+        return out
     geometry = _Geometry(volume.shape, new_shape, kernels)
     ranges = _ranges(volume, geometry.separate) if clip else None
-    out = np.empty(new_shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(new_shape, dtype=np.float32)
     for block in geometry.blocks():
         out[block[0]:block[1]] = _resample_slab(volume[_rows(block)], geometry, block, np.float32, ranges)
     return out
@@ -323,7 +329,10 @@ def resample_image(image: np.ndarray, new_shape, kernels: list[str]) -> np.ndarr
     """(C, z, y, x) channels resampled independently (each clamped to its own range, as nnU-Net does)."""
     if tuple(image.shape[1:]) == tuple(new_shape):
         return image
-    return np.stack([resample_volume(channel, new_shape, kernels) for channel in image])
+    out = np.empty((len(image),) + tuple(int(s) for s in new_shape), dtype=np.float32)
+    for channel, target in zip(image, out):
+        resample_volume(channel, new_shape, kernels, out=target)
+    return out
 
 
 # Output voxels per block of the label path, which holds a float64 score per tap (8 for trilinear).
