@@ -20,12 +20,19 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 DEMO_BUDGET ?= 3m
+define DEMO_RESULT
+import json, sys
+summary = json.load(open(sys.argv[1]))
+print(f"demo result: mean foreground Dice {summary['foreground_mean']['dice']:.2f} on the "
+      f"{summary['num_cases']} held-back cases (anterior and posterior hippocampus)")
+endef
+export DEMO_RESULT
 
 demo: $(VENV)/.installed
 	$(BIN)/autoseg plan autoseg/demo/Dataset004_Hippocampus24 -o $(DEMO_OUT)/Dataset004_Hippocampus24 --preprocess \
 		--configs 3d_fullres
-	$(BIN)/autoseg train $(DEMO_OUT)/Dataset004_Hippocampus24 --fold 0 --time-budget $(DEMO_BUDGET) \
-		--iterations-per-epoch 10 --val-iterations 2
+	$(BIN)/autoseg train $(DEMO_OUT)/Dataset004_Hippocampus24 --fold 0 --time-budget $(DEMO_BUDGET)
+	@echo "training recipe: $(DEMO_OUT)/Dataset004_Hippocampus24/models/3d_fullres/fold_0/recipe.json"
 	@echo "progress plot: $(DEMO_OUT)/Dataset004_Hippocampus24/models/3d_fullres/fold_0/progress.png"
 	$(BIN)/autoseg export $(DEMO_OUT)/Dataset004_Hippocampus24 -o $(DEMO_OUT)/hippocampus.autoseg \
 		--description "autoseg demo: 3 minutes of training on 20 Hippocampus cases"
@@ -34,6 +41,7 @@ demo: $(VENV)/.installed
 	$(BIN)/autoseg evaluate $(DEMO_OUT)/predictions autoseg/demo/Dataset004_Hippocampus24/labelsTs --labels 1 2
 	@echo "model package: $(DEMO_OUT)/hippocampus.autoseg (autoseg info $(DEMO_OUT)/hippocampus.autoseg)"
 	@echo "per-case reports and previews: $(DEMO_OUT)/predictions/*_report.json, predictions.csv, *_preview.png"
+	@$(BIN)/python -c "$$DEMO_RESULT" $(DEMO_OUT)/predictions/summary.json
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

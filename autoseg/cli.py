@@ -82,6 +82,8 @@ def _cmd_train(args) -> int:
 
     options = TrainOptions(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                            validation_iterations=args.val_iterations, time_budget_s=args.time_budget,
+                           recipe=args.recipe, width=args.width, augmentation=args.augmentation,
+                           optimizer=args.optimizer,
                            initial_lr=args.lr, warmup=args.warmup, batch_size=args.batch_size, seed=args.seed,
                            precision=args.precision)
     result = train(args.output_dir, args.fold, args.config, options, args.device, args.workers, args.resume,
@@ -89,6 +91,14 @@ def _cmd_train(args) -> int:
                    checkpoint_every_s=args.checkpoint_every)
     print(f"model: {result.model_dir}")
     return 0
+
+
+def _recipe(text: str) -> str:
+    from autoseg.training.recipe import RECIPE_NAMES
+
+    if text in RECIPE_NAMES or text.endswith(".json"):
+        return text
+    raise argparse.ArgumentTypeError(f"auto, standard, budget or a recipe.json, got {text!r}")
 
 
 def _step(text: str) -> float:
@@ -222,18 +232,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="configuration to train (default: 3d_fullres)")
     tr.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
                     help=f"epochs (default: {defaults.epochs})")
-    tr.add_argument("--iterations-per-epoch", type=_positive_int, default=defaults.iterations_per_epoch,
-                    metavar="N", help=f"training iterations per epoch (default: {defaults.iterations_per_epoch})")
-    tr.add_argument("--val-iterations", type=_positive_int, default=None, metavar="N",
-                    help="validation patches batches per epoch (default: a fifth of the training iterations)")
     tr.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
                     help="fit the whole schedule, learning-rate decay included, into this much training time "
-                         "(e.g. 30m, 2h) instead of a number of epochs")
-    tr.add_argument("--lr", type=_positive_float, default=defaults.initial_lr,
-                    help=f"initial learning rate (default: {defaults.initial_lr})")
-    tr.add_argument("--warmup", type=float, default=defaults.warmup, metavar="FRACTION",
-                    help="fraction of the schedule with a linear learning-rate warm-up (default: 0)")
-    tr.add_argument("--batch-size", type=_positive_int, default=None, help="override the plan's batch size")
+                         "(e.g. 30m, 2h) instead of a number of epochs; the final validation comes on top")
+    tr.add_argument("--recipe", type=_recipe, default=defaults.recipe, metavar="auto|standard|budget|FILE",
+                    help="auto (default): the budget recipe when --time-budget is too short for nnU-Net's schedule "
+                         "on this machine (measured at the start), else standard; budget: network width, batch, "
+                         "warm-up and augmentation chosen from the budget and the measured step time; "
+                         "FILE: reuse a run's recipe.json exactly")
+    tr.add_argument("--width", type=_positive_float, default=None,
+                    help="features per stage relative to the plan's (default: the recipe's; standard: 1)")
+    tr.add_argument("--augmentation", choices=("standard", "light"), default=None,
+                    help="augmentation strength (default: the recipe's; standard: nnU-Net's)")
+    tr.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
+                    help="optimizer (default: the recipe's; standard: nnU-Net's SGD with Nesterov momentum)")
+    tr.add_argument("--iterations-per-epoch", type=_positive_int, default=None, metavar="N",
+                    help="training iterations per epoch (default: the recipe's; standard: 250)")
+    tr.add_argument("--val-iterations", type=_positive_int, default=None, metavar="N",
+                    help="validation patch batches per epoch (default: the recipe's; standard: a fifth of the "
+                         "training iterations)")
+    tr.add_argument("--lr", type=_positive_float, default=None,
+                    help="initial learning rate (default: the recipe's, 0.01)")
+    tr.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
+                    help="fraction of the schedule with a linear learning-rate warm-up (default: the recipe's; "
+                         "standard: 0)")
+    tr.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="batch size (default: the recipe's; standard: the plan's)")
     tr.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: 0)")
     tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                     help="where to train (default: auto = cuda, else mps, else cpu)")

@@ -1,4 +1,5 @@
-"""JSON Schemas of plan.json, fingerprint.json, the preprocessed cases' properties and postprocessing.json,
+"""JSON Schemas of plan.json, fingerprint.json, the preprocessed cases' properties, postprocessing.json, the
+per-case prediction report and a training run's recipe.json,
 derived from the dataclasses.
 
 `python -m autoseg.schemas plans/` rewrites the committed copies; a test fails when they
@@ -16,12 +17,14 @@ from autoseg.jsonio import json_schema, write_text_atomic
 from autoseg.planning.plan_types import Plan
 from autoseg.postprocessing import Postprocessing
 from autoseg.preprocessing.properties import CaseProperties
+from autoseg.training.recipe import Recipe
 
 SCHEMA_FILES = {"schema.json": (Plan, "autoseg plan.json"),
                 "fingerprint.schema.json": (Fingerprint, "autoseg fingerprint.json"),
                 "properties.schema.json": (CaseProperties, "autoseg preprocessed case properties"),
                 "postprocessing.schema.json": (Postprocessing, "autoseg postprocessing.json"),
-                "case_report.schema.json": (CaseReport, "autoseg per-case prediction report")}
+                "case_report.schema.json": (CaseReport, "autoseg per-case prediction report"),
+                "recipe.schema.json": (Recipe, "autoseg training recipe.json")}
 
 
 def schemas() -> dict[str, dict]:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import socket
 import statistics
@@ -45,28 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import (ENDING, TRAIN_WORK, Bench, _link_inputs, autoseg_model, autoseg_version,  # noqa: E402
                            check_outputs, predict, train_nnunet_checkpointed, warm_up)
 from measure import tree_rss_kb  # noqa: E402
+from autoseg.model.device import cpu_info  # noqa: E402
 from nnunet_env import NNUNET_SPEC, VENV, ensure_nnunet  # noqa: E402
 from nnunet_train import CONFIG  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 1 / 5  # warm service latency / nnU-Net's cold single-scan wall
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 READY_S = 300
-
-
-def cpu_info() -> dict:
-    """Model name, logical CPUs and which of CPU_FLAGS /proc/cpuinfo lists."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("unknown", "", "x86_64"):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model, "cpus": os.cpu_count(), "flags": {f: f in flags for f in CPU_FLAGS}}
 
 
 def free_port() -> int:

@@ -93,7 +93,8 @@ def part_dice(data: Path, work: Path, budget_s: float, tools: list[str], nnunet_
     out, train_ids, val_ids = plan_autoseg(data, work)
     results = {}
     if "autoseg" in tools:
-        run = train_autoseg(out, ["--time-budget", f"{budget_s}s", "--iterations-per-epoch", str(iterations),
+        run = train_autoseg(out, ["--recipe", "standard", "--time-budget", f"{budget_s}s",
+                                  "--iterations-per-epoch", str(iterations),
                                   "--val-iterations", "5"], work, "dice")
         results["autoseg"] = (run["summary"]["foreground_mean_dice"], run["metrics"][-1]["train_seconds"],
                               sum(m["iterations"] for m in run["metrics"]), run["wall_s"])

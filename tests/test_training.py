@@ -239,16 +239,20 @@ def test_cli_errors_are_one_line(planned, tmp_path):
 
 def test_time_budget_fits_the_schedule_into_the_budget(planned, tmp_path):
     out = _copy(planned, tmp_path)
-    run_autoseg("train", out, "--time-budget", "4s", "--iterations-per-epoch", "5", "--no-validation", *FAST)
+    run_autoseg("train", out, "--time-budget", "4s", "--recipe", "standard", "--iterations-per-epoch", "5",
+                "--no-validation", *FAST)
     metrics = [json.loads(x) for x in (out / "models/3d_fullres/fold_0/metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["train_seconds"] >= 4.0
-    assert metrics[-1]["train_seconds"] < 4.0 + 3 * max(m["epoch_time_s"] for m in metrics)
+    step_s = max(m["iterations_time_s"] / m["iterations"] for m in metrics)
+    assert 4.0 - 2 * step_s - 0.3 <= metrics[-1]["train_seconds"] <= 4.0 + step_s + 0.3
     # the learning rate follows the clock: at the last epoch's last step it is the poly value of the
     # time spent before that step, whatever the machine's speed
+    # (the schedule spans the budget left after the recipe's step-time probe, which recipe.json records)
+    probe = json.loads((out / "models/3d_fullres/fold_0/recipe.json").read_text())["probe_seconds"]
+    assert 0 < probe < 4.0
     last = metrics[-1]
     step = last["iterations_time_s"] / last["iterations"]
     progress_before_last_step = (last["train_seconds"] - (last["epoch_time_s"] - last["iterations_time_s"])
-                                 - step) / 4.0
+                                 - step - probe) / (4.0 - probe)
     assert last["lr"] <= poly_lr(0.01, progress_before_last_step - 0.05)
     assert [m["lr"] for m in metrics] == sorted((m["lr"] for m in metrics), reverse=True)
 

@@ -72,6 +72,8 @@ class ModelCard:
     created: str
     description: str = ""
     weights_dtype: str = "float32"
+    # per "<configuration> fold <k>": how it was trained (its recipe.json in one line; the file is packed too)
+    training_recipes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +87,20 @@ class PackageInfo:
 
 def _weights_member(configuration: str, fold: str) -> str:
     return f"weights/{configuration}/fold_{fold}.pt"
+
+
+def _recipe_member(configuration: str, fold: str) -> str:
+    return f"recipes/{configuration}/fold_{fold}.json"
+
+
+def _recipe_line(recipe_json: bytes) -> str:
+    """One line from a fold's recipe.json (read as plain JSON: the training layer sits above this one)."""
+    try:
+        r = json.loads(recipe_json)
+        return (f"{r['name']} recipe, width {r['width']:g} (features {r['features_per_stage']}), batch {r['batch_size']}, "
+                f"{r.get('optimizer', 'sgd')} lr {r['initial_lr']:g}, {r['augmentation']} augmentation; {r['reason']}")
+    except (ValueError, KeyError, TypeError):
+        return "recipe.json unreadable"
 
 
 def _plan_member(configuration: str) -> str:
@@ -135,6 +151,7 @@ def export_package(output_dir, package_path, options: ExportOptions | None = Non
         configurations, postprocessing = [configuration], load_postprocessing(models_dir / configuration)
 
     members: dict[str, bytes] = {}
+    recipes: dict[str, str] = {}
     packaged: list[PackagedConfiguration] = []
     plans: dict[str, Plan] = {}
 
@@ -159,6 +176,10 @@ def export_package(output_dir, package_path, options: ExportOptions | None = Non
             buffer = io.BytesIO()
             torch.save(state, buffer)
             members[_weights_member(name, fold)] = buffer.getvalue()
+            recipe_path = models_dir / name / f"fold_{fold}" / "recipe.json"
+            if recipe_path.is_file():  # folds trained before recipes existed have none
+                members[_recipe_member(name, fold)] = recipe_path.read_bytes()
+                recipes[f"{name} fold {fold}"] = _recipe_line(members[_recipe_member(name, fold)])
             in_channels, num_classes = weights.in_channels, weights.num_classes
         previous = plan.configurations[name].previous_stage
         packaged.append(PackagedConfiguration(name, chosen, in_channels, num_classes, previous))
@@ -183,7 +204,8 @@ def export_package(output_dir, package_path, options: ExportOptions | None = Non
         cross_validation_dice={name: cross_validation_dice(models_dir, name, p.folds, plan)
                                for p in packaged for name in [p.name] if name in configurations},
         autoseg_version=__version__, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        description=options.description, weights_dtype="float16" if options.half else "float32")
+        description=options.description, weights_dtype="float16" if options.half else "float32",
+        training_recipes=recipes)
     members[CARD_JSON] = _json_bytes(card)
     members[CARD_MD] = format_card(card).encode()
     info = PackageInfo(PACKAGE_FORMAT_VERSION, __version__, PLAN_VERSION, list(configurations), packaged)
@@ -242,6 +264,8 @@ def format_card(card: ModelCard) -> str:
         cells = ["n/a" if dice.get(n) is None else f"{dice[n]:.3f}"
                  for n, v in sorted(card.labels.items(), key=lambda kv: kv[1]) if v > 0]
         lines.append(f"| {configuration} | " + " | ".join(cells) + " |")
+    if card.training_recipes:
+        lines += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in card.training_recipes.items()]
     return "\n".join(lines) + "\n"
 
 

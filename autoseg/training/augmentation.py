@@ -2,7 +2,10 @@
 
 Spatial first (rotation, scaling, optional elastic deformation; in-plane only for strongly
 anisotropic 3D patches), then intensity (noise, blur, brightness, contrast, low resolution,
-gamma) and mirroring. The sampler hands over patches enlarged by `sample_size()` so the
+gamma) and mirroring. "light" (the budget recipe's) keeps the spatial transform, brightness,
+contrast, gamma and mirroring and drops noise, blur and simulated low resolution: a run of a few
+thousand steps cannot yet fit the data, so degrading it more only slows learning, and on a CPU those
+three transforms take most of the augmentation worker's time. The sampler hands over patches enlarged by `sample_size()` so the
 centre crop back to the patch size never shows padding the rotation pulled in.
 """
 from __future__ import annotations
@@ -31,15 +34,16 @@ class AugmentationSettings:
     in_plane_only: bool  # 2D-style: rotate and scale within the slices of the first axis
     elastic: bool
     mirror_axes: tuple[int, ...]
+    strength: str = "standard"  # or "light"
 
 
-def augmentation_settings(patch_size, elastic: bool = False) -> AugmentationSettings:
+def augmentation_settings(patch_size, elastic: bool = False, strength: str = "standard") -> AugmentationSettings:
     patch = [int(p) for p in patch_size]
     if len(patch) == 2:
-        return AugmentationSettings(patch, math.pi, False, elastic, (0, 1))
+        return AugmentationSettings(patch, math.pi, False, elastic, (0, 1), strength)
     in_plane = max(patch) / min(patch) > ANISOTROPIC_PATCH_RATIO
     rotation = math.pi if in_plane else math.radians(30)
-    return AugmentationSettings(patch, rotation, in_plane, elastic, (0, 1, 2))
+    return AugmentationSettings(patch, rotation, in_plane, elastic, (0, 1, 2), strength)
 
 
 def sample_size(settings: AugmentationSettings) -> list[int]:
@@ -84,14 +88,18 @@ def build_transforms(settings: AugmentationSettings) -> Compose:
         transforms += [SlicesAsChannels(True), spatial, SlicesAsChannels(False)]
     else:
         transforms.append(spatial)
+    light = settings.strength == "light"
+    if not light:
+        transforms += [
+            GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
+            GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5)]
+    transforms += [BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+                   ContrastAugmentationTransform(p_per_sample=0.15)]
+    if not light:
+        transforms.append(SimulateLowResolutionTransform(
+            zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5, order_downsample=0, order_upsample=3,
+            p_per_sample=0.25, ignore_axes=(0,) if settings.in_plane_only else None))
     transforms += [
-        GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
-        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
-        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
-        ContrastAugmentationTransform(p_per_sample=0.15),
-        SimulateLowResolutionTransform(zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5, order_downsample=0,
-                                       order_upsample=3, p_per_sample=0.25,
-                                       ignore_axes=(0,) if settings.in_plane_only else None),
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
         MirrorTransform(settings.mirror_axes),

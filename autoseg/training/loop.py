@@ -29,12 +29,17 @@ from autoseg.training.batches import TRAIN_STREAM, VALIDATION_STREAM, IndexedBat
 from autoseg.training.cascade import NEXT_STAGE_DIR, cascade_input_channels, previous_stage_predictions
 from autoseg.model.checkpoint import BEST, FINAL, LATEST
 from autoseg.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from autoseg.training.loss import deep_supervision_loss, deep_supervision_weights, dice_ce_loss
+from autoseg.training.budget import BudgetClock
+from autoseg.training.loss import deep_supervision_weights, dice_ce_loss
+from autoseg.model.device import machine_description
 from autoseg.model.network import build_network
 from autoseg.training.options import TrainOptions
 from autoseg.model.precision import autocast_dtype
 from autoseg.training.progress import append_metrics, log, plot_progress, read_metrics, rewrite_metrics
+from autoseg.training.recipe import (FORWARD_SHARE, RECIPE_FILE, Recipe, RecipeRequest, choose_recipe, load_recipe,
+                                     save_recipe, scaled_features)
 from autoseg.training.schedule import poly_lr
+from autoseg.training.step import make_optimizer, time_training_step, train_step
 from autoseg.training.splits import fold_cases, load_or_create_splits
 from autoseg.training.validation import SUMMARY, validate_fold
 
@@ -68,7 +73,9 @@ def _preprocessed_cases(folder: Path) -> list[str]:
 class _State:
     epoch: int = 0
     iteration: int = 0
+    # training time as the budget counts it (autoseg.training.budget), the recipe's step-time probe included
     train_seconds: float = 0.0
+    probe_seconds: float = 0.0  # the learning-rate schedule spans the budget after the probe
     ema: float | None = None
     best_ema: float = -1.0
 
@@ -118,13 +125,26 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
     if config.previous_stage:
         previous = previous_stage_predictions(output_dir, plan, configuration, case_ids)
     in_channels, num_classes = cascade_input_channels(plan, configuration), len(plan.labels)
+    amp_dtype = autocast_dtype(options.precision, device)
+    state = _State()
+    probe_start = time.monotonic()
+    if checkpoint_path is not None:
+        recipe = _saved_recipe(model_dir, checkpoint_path)
+    elif ranks.is_main:
+        recipe = _decide_recipe(options, config, in_channels, num_classes, device, amp_dtype)
+        recipe.probe_seconds = round(time.monotonic() - probe_start, 3)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, model_dir / RECIPE_FILE)
+    distributed.barrier(ranks)
+    if checkpoint_path is None and not ranks.is_main:
+        recipe = load_recipe(model_dir / RECIPE_FILE)  # rank 0 decided and saved it
+    state.train_seconds = state.probe_seconds = time.monotonic() - probe_start if checkpoint_path is None else 0.0
+    plan = _plan_with_recipe(plan, configuration, recipe)
+    config = plan.configurations[configuration]
     torch.manual_seed(options.seed)
     network = build_network(config, in_channels, num_classes, deep_supervision=True).to(device)
-    optimizer = torch.optim.SGD(network.parameters(), lr=options.initial_lr, momentum=options.momentum,
-                                weight_decay=options.weight_decay, nesterov=True)
-    amp_dtype = autocast_dtype(options.precision, device)
+    optimizer = make_optimizer(network, recipe.initial_lr, options.momentum, options.weight_decay, recipe.optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    state = _State()
     if checkpoint_path is not None:
         checkpoint = load_checkpoint(checkpoint_path)
         saved = from_dict(TrainOptions, checkpoint["options"])
@@ -150,9 +170,13 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
             save_plan(plan, model_dir / "plan.json")
             write_json_atomic(model_dir / "options.json", options)
         say(f"training {configuration} fold {fold}: {len(train_ids)} training / {len(val_ids)} validation cases, "
-            f"patch {config.patch_size}, batch {options.batch_size or config.batch_size}, device {device}, "
+            f"patch {config.patch_size}, batch {config.batch_size}, features {config.features_per_stage}, "
+            f"device {device}, "
             f"{'float32' if amp_dtype is None else str(amp_dtype).replace('torch.', '') + ' mixed precision'}"
             + (f", {ranks.world_size} processes" if ranks.active else ""))
+        say(f"recipe {recipe.name}: {recipe.reason} (lr {recipe.initial_lr:g}, warm-up {recipe.warmup:g}, "
+            f"{recipe.augmentation} augmentation, {recipe.iterations_per_epoch} iterations per epoch; "
+            f"{state.train_seconds:.1f} s to decide) -> {model_dir / RECIPE_FILE}")
     distributed.barrier(ranks)
 
     def checkpoint_state() -> dict:
@@ -163,7 +187,7 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
 
     done = _finished(state, options)
     if not done:
-        _run_epochs(network, optimizer, scaler, state, metrics, options, plan, configuration, data_folder,
+        _run_epochs(network, optimizer, scaler, state, metrics, options, recipe, plan, configuration, data_folder,
                     train_ids, val_ids or train_ids, previous, model_dir, ranks, device, workers, progress, amp_dtype,
                     checkpoint_every_s, checkpoint_state, say)
         if ranks.is_main:
@@ -191,26 +215,61 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
     return TrainResult(model_dir, state.epoch, state.iteration, state.train_seconds, summary)
 
 
+def _saved_recipe(model_dir: Path, checkpoint_path: Path) -> Recipe:
+    path = model_dir / RECIPE_FILE
+    if not path.is_file():
+        raise AutosegError(f"{path}: missing beside {checkpoint_path.name} (the run's recipe); train into a new folder")
+    return load_recipe(path)
+
+
+def _decide_recipe(options: TrainOptions, config, in_channels: int, num_classes: int, device, amp_dtype) -> Recipe:
+    """The recipe of a new run: a saved recipe.json when --recipe names one, else chosen by the rule, timing
+    steps of candidate widths here (autoseg.training.step.time_training_step)."""
+    machine = machine_description(device, amp_dtype)
+    if options.recipe.endswith(".json"):
+        recipe = load_recipe(options.recipe)
+        recipe.reason = f"reused from {options.recipe}: {recipe.reason}"
+        return recipe
+    request = RecipeRequest(options.recipe, options.time_budget_s, options.width, options.batch_size,
+                            options.initial_lr, options.warmup, options.augmentation, options.iterations_per_epoch,
+                            options.validation_iterations, options.optimizer)
+
+    def step_time(width: float, batch: int) -> float:
+        candidate = dataclasses.replace(config, features_per_stage=scaled_features(config.features_per_stage, width),
+                                        batch_size=batch)
+        return time_training_step(candidate, in_channels, num_classes, device, amp_dtype)
+
+    return choose_recipe(request, config, step_time, machine)
+
+
+def _plan_with_recipe(plan: Plan, configuration: str, recipe: Recipe) -> Plan:
+    configs = dict(plan.configurations)
+    configs[configuration] = recipe.configuration(configs[configuration])
+    return dataclasses.replace(plan, configurations=configs)
+
+
 def _finished(state: _State, options: TrainOptions) -> bool:
     if options.time_budget_s is not None:
         return state.train_seconds >= options.time_budget_s
     return state.epoch >= options.epochs
 
 
-def _progress_fraction(state: _State, options: TrainOptions) -> float:
+def _progress_fraction(state: _State, options: TrainOptions, recipe: Recipe) -> float:
     if options.time_budget_s is not None:
-        return state.train_seconds / options.time_budget_s
-    return state.iteration / (options.epochs * options.iterations_per_epoch)
+        span = options.time_budget_s - state.probe_seconds
+        return (state.train_seconds - state.probe_seconds) / span if span > 0 else 1.0
+    return state.iteration / (options.epochs * recipe.iterations_per_epoch)
 
 
-def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], options: TrainOptions, plan: Plan,
-                configuration: str, data_folder: Path, train_ids, val_ids, previous, model_dir: Path, ranks, device,
-                workers, progress: bool, amp_dtype, checkpoint_every_s: float, checkpoint_state, say) -> None:
+def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], options: TrainOptions,
+                recipe: Recipe, plan: Plan, configuration: str, data_folder: Path, train_ids, val_ids, previous,
+                model_dir: Path, ranks, device, workers, progress: bool, amp_dtype, checkpoint_every_s: float,
+                checkpoint_state, say) -> None:
     from tqdm import tqdm
 
     config = plan.configurations[configuration]
-    batch_size = distributed.rank_batch_size(options.batch_size or config.batch_size, ranks)
-    settings = augmentation_settings(config.patch_size, config.elastic_deformation)
+    batch_size = distributed.rank_batch_size(config.batch_size, ranks)
+    settings = augmentation_settings(config.patch_size, config.elastic_deformation, recipe.augmentation)
     if workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         # on a CPU device the model needs the cores; one worker keeps up with a CPU-speed step
@@ -219,78 +278,76 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
         IndexedBatches(data_folder, train_ids, settings, batch_size, options.seed, TRAIN_STREAM, ranks.rank, True,
                        previous, len(plan.labels)),
         state.iteration, workers, device.type == "cuda")
-    val_iterations = options.val_iterations
+    val_iterations = recipe.val_iterations
     val_batches = batch_iterator(
         IndexedBatches(data_folder, val_ids, settings, batch_size, options.seed, VALIDATION_STREAM, ranks.rank,
                        False, previous, len(plan.labels)), state.epoch * val_iterations, 0, False)
     weights = deep_supervision_weights(config.num_stages - 1)
     model = DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None) \
         if ranks.active else network
+    clock = BudgetClock(options.time_budget_s, state.train_seconds)
     last_save = time.monotonic()
+    tail_s = None  # what the last epoch's validation patches and bookkeeping took
     while not _finished(state, options):
         epoch_start = time.monotonic()
-        seconds_before = state.train_seconds
         network.train()
         losses = []
-        bar = tqdm(range(options.iterations_per_epoch), desc=f"epoch {state.epoch + 1}", leave=False,
+        bar = tqdm(range(recipe.iterations_per_epoch), desc=f"epoch {state.epoch + 1}", leave=False,
                    disable=not (progress and ranks.is_main), dynamic_ncols=True)
         for _ in bar:
-            lr = poly_lr(options.initial_lr, _progress_fraction(state, options), options.poly_exponent,
-                         options.warmup)
+            lr = poly_lr(recipe.initial_lr, _progress_fraction(state, options, recipe), options.poly_exponent,
+                         recipe.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = next(train_batches)
-            losses.append(_train_step(model, optimizer, scaler, batch, device, weights, config.batch_dice,
-                                      options.grad_clip, amp_dtype))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
+            losses.append(train_step(model, optimizer, scaler, batch, device, weights, config.batch_dice,
+                                     options.grad_clip, amp_dtype))
             state.iteration += 1
-            state.train_seconds = distributed.broadcast_float(seconds_before + time.monotonic() - epoch_start, ranks)
-            if options.time_budget_s is not None and state.train_seconds >= options.time_budget_s:
+            state.train_seconds = distributed.broadcast_float(clock.seconds, ranks)
+            step_s = (time.monotonic() - epoch_start) / len(losses)
+            tail = tail_s if tail_s is not None else val_iterations * step_s * FORWARD_SHARE
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}",
+                            **({} if clock.remaining is None else {"left": _minutes(clock.remaining)}))
+            if distributed.broadcast_float(float(clock.must_stop(step_s, tail)), ranks):
                 break
         iterations_time = time.monotonic() - epoch_start
+        tail_start = time.monotonic()
         val_loss, dice = _validation_pass(network, val_batches, val_iterations, device, len(plan.labels),
                                           config.batch_dice, amp_dtype, ranks)
-        state.train_seconds = distributed.broadcast_float(seconds_before + time.monotonic() - epoch_start, ranks)
         state.epoch += 1
         mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else None
         if mean_dice is not None:
             state.ema = mean_dice if state.ema is None else EMA_DECAY * state.ema + (1 - EMA_DECAY) * mean_dice
         train_loss = float(distributed.all_sum(torch.tensor([np.mean(losses)]), ranks).item() / ranks.world_size)
+        step_s = iterations_time / len(losses)
+        # the budget cannot take another step and this epoch's tail: the run ends with this epoch
+        last = clock.budget_s is not None and clock.must_stop(step_s, tail_s or 0.0)
+        state.train_seconds = distributed.broadcast_float(
+            max(clock.seconds, clock.budget_s) if last else clock.seconds, ranks)
         line = {"epoch": state.epoch, "iterations": len(losses), "train_loss": train_loss, "val_loss": val_loss,
                 "pseudo_dice": {name: json_safe(float(dice[value - 1])) for name, value in plan.labels.items()
                                 if value > 0},
                 "mean_pseudo_dice": mean_dice, "ema_pseudo_dice": state.ema, "lr": lr,
                 "iterations_time_s": iterations_time, "epoch_time_s": time.monotonic() - epoch_start,
-                "train_seconds": state.train_seconds}
+                "train_seconds": clock.seconds}
         metrics.append(line)
-        if not ranks.is_main:
-            continue
-        append_metrics(model_dir, line)
-        plot_progress(model_dir, metrics)
-        say(f"epoch {state.epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, pseudo-Dice "
-            f"{_fmt(mean_dice)} (moving average {_fmt(state.ema)}), lr {lr:.2e}, {line['epoch_time_s']:.1f} s")
-        if state.ema is not None and state.ema > state.best_ema:
-            state.best_ema = state.ema
-            save_checkpoint(model_dir / BEST, checkpoint_state())
-        if time.monotonic() - last_save >= checkpoint_every_s or _finished(state, options):
-            save_checkpoint(model_dir / LATEST, checkpoint_state())
-            last_save = time.monotonic()
+        if ranks.is_main:
+            append_metrics(model_dir, line)
+            plot_progress(model_dir, metrics)
+            say(f"epoch {state.epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, pseudo-Dice "
+                f"{_fmt(mean_dice)} (moving average {_fmt(state.ema)}), lr {lr:.2e}, {line['epoch_time_s']:.1f} s"
+                + ("" if clock.remaining is None else f", {_minutes(clock.remaining)} of the budget left"))
+            if state.ema is not None and state.ema > state.best_ema:
+                state.best_ema = state.ema
+                save_checkpoint(model_dir / BEST, checkpoint_state())
+            if time.monotonic() - last_save >= checkpoint_every_s or _finished(state, options):
+                save_checkpoint(model_dir / LATEST, checkpoint_state())
+                last_save = time.monotonic()
+        tail_s = distributed.broadcast_float(time.monotonic() - tail_start, ranks)
 
 
-def _train_step(model, optimizer, scaler, batch, device, weights, batch_dice: bool, grad_clip: float,
-                amp_dtype) -> float:
-    data = batch["data"].to(device, non_blocking=True)
-    target = batch["target"].to(device, non_blocking=True)
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        outputs = model(data)
-    loss = deep_supervision_loss(outputs, target, weights, batch_dice)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return float(loss.detach())
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 @torch.inference_mode()

@@ -1,0 +1,192 @@
+"""The training recipe's decisions on synthetic step-time tables (hand-checked), and its place in a run:
+saved, reused on resume and from a file, honoured budget, and exported with the model."""
+import json
+import shutil
+
+import pytest
+
+from autoseg.errors import AutosegError
+from autoseg.planning.plan_types import Configuration
+from autoseg.training.recipe import (AUTO_STANDARD_ITERATIONS, BUDGET_EPOCHS, BUDGET_TARGET_ITERATIONS,
+                                     RecipeRequest, choose_recipe, scaled_features)
+
+
+def _config(batch=7, features=(32, 64, 128, 256, 320)) -> Configuration:
+    return Configuration("3d_fullres", "d", [1.0, 1.0, 1.0], [36, 50, 35], [40, 56, 40], batch, [3, 3, 3],
+                         [[1, 1, 1]] + [[2, 2, 2]] * (len(features) - 1), [[3, 3, 3]] * len(features),
+                         list(features), [2] * len(features), [2] * (len(features) - 1), False, 1000)
+
+
+class Timer:
+    """Step seconds from a table {(width, batch): s}; records what was asked, in order."""
+
+    def __init__(self, table):
+        self.table, self.asked = table, []
+
+    def __call__(self, width, batch):
+        self.asked.append((width, batch))
+        return self.table[(width, batch)]
+
+
+# Hippocampus-like CPU step times: 7.3 s at batch 7 full width; batch 2 at full, half and quarter width.
+CPU = {(1.0, 7): 7.3, (1.0, 2): 2.2, (0.5, 2): 0.8, (0.25, 2): 0.35}
+
+
+def test_no_budget_is_the_standard_recipe_without_timing_anything():
+    timer = Timer({})
+    recipe = choose_recipe(RecipeRequest(), _config(), timer)
+    assert recipe.name == "standard" and timer.asked == [] and recipe.optimizer == "sgd"
+    assert (recipe.width, recipe.batch_size, recipe.initial_lr, recipe.warmup) == (1.0, 7, 0.01, 0.0)
+    assert (recipe.iterations_per_epoch, recipe.val_iterations, recipe.augmentation) == (250, 50, "standard")
+    assert recipe.features_per_stage == [32, 64, 128, 256, 320] and recipe.expected_iterations is None
+
+
+def test_auto_keeps_the_standard_recipe_when_the_budget_buys_enough_iterations():
+    fast_gpu = {(1.0, 7): 0.2, (1.0, 2): 0.1, (0.5, 2): 0.06, (0.25, 2): 0.05}
+    budget = 0.2 * AUTO_STANDARD_ITERATIONS + 0.1
+    timer = Timer(fast_gpu)
+    recipe = choose_recipe(RecipeRequest(time_budget_s=budget), _config(), timer)
+    assert recipe.name == "standard" and recipe.expected_iterations == AUTO_STANDARD_ITERATIONS
+    assert timer.asked == [(0.25, 2), (1.0, 7)]  # the cheap network first: it could have settled it
+    recipe = choose_recipe(RecipeRequest(time_budget_s=budget - 0.2), _config(), Timer(fast_gpu))
+    assert recipe.name == "budget" and recipe.width == 1.0
+
+
+@pytest.mark.parametrize("minutes, width", [(3, 0.25), (10, 0.25), (30, 0.5), (120, 1.0)])
+def test_budget_takes_the_widest_network_reaching_the_target_iterations(minutes, width):
+    # by hand: 3 min / (0.35 s * 1.02) = 504 iterations, under the target even at quarter width;
+    # 10 min: 1680 at 0.25, 735 at 0.5; 30 min: 2205 at 0.5; 120 min: 3208 at full width, batch 2
+    budget = minutes * 60
+    timer = Timer(CPU)
+    recipe = choose_recipe(RecipeRequest(time_budget_s=budget), _config(), timer)
+    assert recipe.name == "budget" and recipe.width == width and recipe.batch_size == 2
+    assert recipe.features_per_stage == scaled_features([32, 64, 128, 256, 320], width)
+    assert recipe.expected_iterations == int(budget / (CPU[(width, 2)] * 1.02))
+    assert recipe.augmentation == "light" and recipe.warmup == 0.05
+    assert (recipe.optimizer, recipe.initial_lr) == ("adamw", 3e-3)
+    # timed lazily, narrowest first, up to the first width that falls short; the slow standard step never
+    # (auto saw that even the narrowest network cannot do AUTO_STANDARD_ITERATIONS steps)
+    order = [0.25, 0.5, 1.0]
+    assert timer.asked == [(w, 2) for w in order[:order.index(width) + 2]]
+    assert recipe.iterations_per_epoch == max(5, min(250, recipe.expected_iterations // BUDGET_EPOCHS))
+    assert recipe.val_iterations >= 1
+    assert {(s.width, s.batch_size) for s in recipe.step_times} == set(timer.asked)
+
+
+def test_the_users_explicit_values_win():
+    request = RecipeRequest("budget", 600, width=0.5, batch_size=4, initial_lr=0.02, warmup=0.0,
+                            augmentation="standard", iterations_per_epoch=30, val_iterations=3)
+    timer = Timer({(0.5, 4): 1.0})
+    recipe = choose_recipe(request, _config(), timer)
+    assert (recipe.width, recipe.batch_size, recipe.initial_lr, recipe.warmup, recipe.augmentation) == \
+        (0.5, 4, 0.02, 0.0, "standard")
+    assert (recipe.iterations_per_epoch, recipe.val_iterations) == (30, 3)
+    assert timer.asked == [(0.5, 4)] and recipe.features_per_stage == [16, 32, 64, 128, 160]
+
+
+def test_a_small_planned_batch_is_not_raised_and_features_never_vanish():
+    recipe = choose_recipe(RecipeRequest("budget", 60), _config(batch=1, features=(8, 16)),
+                           Timer({(1.0, 1): 10.0, (0.5, 1): 5.0, (0.25, 1): 2.0}))
+    assert recipe.batch_size == 1 and recipe.width == 0.25 and recipe.features_per_stage == [4, 4]
+
+
+def test_bad_requests_are_refused():
+    with pytest.raises(AutosegError, match="needs a --time-budget"):
+        choose_recipe(RecipeRequest("budget"), _config(), Timer({}))
+    with pytest.raises(AutosegError, match="unknown recipe"):
+        choose_recipe(RecipeRequest("fast"), _config(), Timer({}))
+
+
+def test_the_target_is_what_the_rule_says():
+    # the rule's boundary: exactly the target at quarter width is enough for it, one step less is not
+    step = 0.35 * 1.02
+    at = choose_recipe(RecipeRequest("budget", BUDGET_TARGET_ITERATIONS * step + 1e-6), _config(), Timer(CPU))
+    assert at.width == 0.25 and at.expected_iterations == BUDGET_TARGET_ITERATIONS
+    half = {(1.0, 2): 2.2, (0.5, 2): 0.8, (0.25, 2): 0.35}
+    below = choose_recipe(RecipeRequest("budget", BUDGET_TARGET_ITERATIONS * 0.8 * 1.02 - 1), _config(), Timer(half))
+    assert below.width == 0.25
+    at_half = choose_recipe(RecipeRequest("budget", BUDGET_TARGET_ITERATIONS * 0.8 * 1.02 + 1e-6), _config(),
+                            Timer(half))
+    assert at_half.width == 0.5
+
+
+# ---- in a run (tiny synthetic dataset) ----
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    from conftest import write_nnunet_dataset
+    from autoseg.planning.run import plan_dataset
+    from autoseg.preprocessing import preprocess_dataset
+
+    root = tmp_path_factory.mktemp("recipe")
+    data = write_nnunet_dataset(root / "Dataset001_Syn", n_cases=6, shape=(16, 20, 18), spacing=(1.0, 1.0, 1.0))
+    out = root / "planned"
+    plan_dataset(data, out, workers=1, configurations=("3d_fullres",), progress=False)
+    preprocess_dataset(out, workers=1, progress=False)
+    return out
+
+
+FAST = ["--precision", "fp32", "--workers", "0", "-q"]
+
+
+def _metrics(folder):
+    return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_budget_run_saves_its_recipe_trains_what_it_says_and_keeps_the_budget(planned, tmp_path):
+    from conftest import run_autoseg
+    import torch
+
+    out = tmp_path / "out"
+    shutil.copytree(planned, out)
+    budget = 8.0
+    # many validation batches per epoch: a loop that ran them after the budget ended would overshoot
+    run_autoseg("train", out, "--time-budget", f"{budget}s", "--recipe", "budget", "--iterations-per-epoch", "6",
+                "--val-iterations", "12", "--no-validation", *FAST)
+    folder = out / "models/3d_fullres/fold_0"
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert recipe["name"] == "budget" and recipe["step_times"] and recipe["machine"]["precision"] == "float32"
+    assert recipe["iterations_per_epoch"] == 6 and recipe["val_iterations"] == 12
+    plan = json.loads((folder / "plan.json").read_text())["configurations"]["3d_fullres"]
+    assert plan["features_per_stage"] == recipe["features_per_stage"] and plan["batch_size"] == recipe["batch_size"]
+    weights = torch.load(folder / "checkpoint_final.pt", weights_only=False)["network"]
+    assert weights["encoder.0.0.0.weight"].shape[0] == recipe["features_per_stage"][0]
+    metrics = _metrics(folder)
+    step = max(m["iterations_time_s"] / m["iterations"] for m in metrics)
+    spent = metrics[-1]["train_seconds"]
+    assert budget - 2 * step - 0.5 <= spent <= budget + step + 0.5, (spent, step)
+    log = (folder / "training.log").read_text()
+    assert "recipe budget:" in log and "of the budget left" in log
+
+
+def test_resume_and_reuse_take_the_saved_recipe_without_timing(planned, tmp_path):
+    from conftest import run_autoseg
+
+    out = tmp_path / "out"
+    shutil.copytree(planned, out)
+    args = ["--epochs", "2", "--iterations-per-epoch", "2", "--width", "0.5", "--no-validation", *FAST]
+    run_autoseg("train", out, *args)
+    folder = out / "models/3d_fullres/fold_0"
+    saved = json.loads((folder / "recipe.json").read_text())
+    assert saved["name"] == "standard" and saved["width"] == 0.5 and saved["step_times"] == []
+    # a saved recipe edited by hand shows that a resumed run reads it rather than deciding again
+    (folder / "checkpoint_final.pt").rename(folder / "checkpoint_latest.pt")
+    saved["reason"] = "edited"
+    (folder / "recipe.json").write_text(json.dumps(saved))
+    run_autoseg("train", out, *args)
+    assert json.loads((folder / "recipe.json").read_text())["reason"] == "edited"
+
+    other = tmp_path / "other"
+    shutil.copytree(planned, other)
+    run_autoseg("train", other, "--recipe", str(folder / "recipe.json"), "--epochs", "1", "--no-validation", *FAST)
+    reused = json.loads((other / "models/3d_fullres/fold_0/recipe.json").read_text())
+    assert reused["width"] == 0.5 and reused["reason"].startswith("reused from")
+    # the package carries each fold's recipe, and its card says how the model was trained
+    from autoseg.model.package import export_package, read_package
+
+    card = export_package(other, tmp_path / "m.autoseg")
+    assert "width 0.5" in card.training_recipes["3d_fullres fold 0"]
+    members = read_package(tmp_path / "m.autoseg").members
+    assert json.loads(members["recipes/3d_fullres/fold_0.json"])["width"] == 0.5
+    assert len(_metrics(other / "models/3d_fullres/fold_0")[0:1]) == 1
+    assert _metrics(other / "models/3d_fullres/fold_0")[0]["iterations"] == 2  # the recipe's epoch length
