@@ -147,7 +147,7 @@ def prepare_nnunet(data: Path, work: Path, fold_train: list[str], fold_val: list
 
 
 def run_measured_timeout(cmd: list[str], env: dict, log: Path, timeout_s: float | None,
-                          poll_s: float) -> tuple[Measurement, bool]:
+                          poll_s: float, stop_when=None) -> tuple[Measurement, bool]:
     """run_measured with a time limit: on expiry the whole process group is killed; returns (m, timed_out).
 
     Reading PSS walks the page tables (~12 ms per GB-sized process), so measure.py's 20 ms poll
@@ -157,11 +157,12 @@ def run_measured_timeout(cmd: list[str], env: dict, log: Path, timeout_s: float 
     with open(log, "w") as out:
         # Own session so that a timeout also ends the augmentation and export workers.
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    peak, timed_out = 0, False
+    peak, timed_out, stopped = 0, False, False
     while proc.poll() is None:
         peak = max(peak, tree_rss_kb(proc.pid))
-        if timeout_s is not None and time.perf_counter() - start > timeout_s:
-            timed_out = True
+        stopped = stop_when is not None and stop_when()
+        if stopped or (timeout_s is not None and time.perf_counter() - start > timeout_s):
+            timed_out = not stopped
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(10)
@@ -171,7 +172,7 @@ def run_measured_timeout(cmd: list[str], env: dict, log: Path, timeout_s: float 
             break
         time.sleep(poll_s)
     wall = time.perf_counter() - start
-    if proc.returncode != 0 and not timed_out:
+    if proc.returncode != 0 and not (timed_out or stopped):
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
     return Measurement(wall, peak / 1024), timed_out
@@ -204,8 +205,10 @@ def parse_training_log(fold_dir: Path) -> dict:
 
 
 def train_nnunet(setup: NnunetSetup, epochs: int, iterations: int, val_iterations: int,
-                 timeout_s: float | None = None, da_workers: int = 1, poll_s: float = 0.5) -> NnunetRun:
+                 timeout_s: float | None = None, da_workers: int = 1, poll_s: float = 0.5,
+                 stop_after_training: bool = False) -> NnunetRun:
     """nnUNetv2_train fold 0 on the CPU with the given schedule (val_iterations >= 1), measured.
+    stop_after_training: end it when its log says "Training done" (no final validation).
 
     `da_workers` is nnUNet_n_proc_DA (augmentation worker processes; 0 = in the main process).
     After a timeout the run holds whatever epochs finished and no Dice. Peak memory is sampled
@@ -222,8 +225,12 @@ def train_nnunet(setup: NnunetSetup, epochs: int, iterations: int, val_iteration
     cmd = [str(VENV / "bin" / "nnUNetv2_train"), setup.dataset_id, CONFIG, "0", "-tr", trainer,
            "-device", "cpu", "--disable_checkpointing"]
     setup.results.mkdir(parents=True, exist_ok=True)
-    m, timed_out = run_measured_timeout(cmd, env, setup.results / f"nnUNetv2_train_{trainer}.log",
-                                        timeout_s, poll_s)
+    log_path = setup.results / f"nnUNetv2_train_{trainer}.log"
+
+    def training_done() -> bool:
+        return stop_after_training and "Training done" in log_path.read_text(errors="replace")
+
+    m, timed_out = run_measured_timeout(cmd, env, log_path, timeout_s, poll_s, training_done)
 
     log = parse_training_log(fold_dir)
     summary = fold_dir / "validation" / "summary.json"

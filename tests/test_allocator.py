@@ -8,6 +8,8 @@ import resource, sys, threading
 import numpy as np
 from autoseg.allocator import retain_freed_memory
 took = retain_freed_memory() if sys.argv[1] == "retain" else False
+if sys.argv[1] == "bounded":  # retained first, then bounded again, as training does when memory is short
+    took = retain_freed_memory() and retain_freed_memory(False)
 
 def work():  # in a worker thread, as the prediction service runs its networks
     np.ones(16 * 2 ** 20)  # 128 MB, allocated and freed once before counting
@@ -53,3 +55,40 @@ def test_freed_blocks_stay_in_the_process_in_worker_threads_too():
     _, default = _page_faults("default", "thread")
     assert default >= 5 * 64, f"glibc's default should fault each reallocated 128 MB block in again ({default})"
     assert retained * 20 < default, f"{retained} page faults vs {default} in a worker thread"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+def test_retention_can_be_bounded_again():
+    took, bounded = _page_faults("bounded")
+    if not took:
+        pytest.skip("this C library has no mallopt (not glibc)")
+    _, retained = _page_faults("retain")
+    assert bounded >= 5 * 64 and retained * 20 < bounded, \
+        f"bounded: {bounded} page faults, retained: {retained}; blocks over 32 MiB should go back to the kernel"
+
+
+RESIDENT = """
+import numpy as np
+from autoseg import resident_memory
+from autoseg.allocator import release_freed_memory, retain_freed_memory
+retain_freed_memory()
+before = resident_memory.resident_bytes()
+assert resident_memory.reset_peak()
+block = np.ones(64 * 2 ** 20 // 8)
+del block
+kept = resident_memory.resident_bytes() - before
+peak = resident_memory.peak_resident_bytes() - before
+release_freed_memory()
+print(kept, peak, resident_memory.resident_bytes() - before, resident_memory.available_bytes())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and glibc's malloc_trim are Linux-only")
+def test_peak_memory_is_measured_and_a_retained_heap_is_released():
+    out = subprocess.run([sys.executable, "-c", RESIDENT], capture_output=True, text=True, check=True).stdout
+    kept, peak, after, available = map(int, out.split())
+    mib = 2 ** 20
+    assert 60 * mib <= peak <= 80 * mib, f"peak {peak / mib:.0f} MiB for a 64 MiB block"
+    assert kept >= 60 * mib, "the freed block should stay in the heap while retained"
+    assert after <= 8 * mib, f"{after / mib:.0f} MiB still held after release_freed_memory"
+    assert available > 64 * mib

@@ -2,13 +2,15 @@
 saved, reused on resume and from a file, honoured budget, and exported with the model."""
 import json
 import shutil
+import sys
 
 import pytest
 
 from autoseg.errors import AutosegError
 from autoseg.planning.plan_types import Configuration
 from autoseg.training.recipe import (AUTO_STANDARD_ITERATIONS, BUDGET_EPOCHS, BUDGET_TARGET_ITERATIONS,
-                                     RecipeRequest, choose_recipe, scaled_features)
+                                     MEMORY_FACTOR, MEMORY_FACTOR_RETAINED, MEMORY_FIXED, MEMORY_SHARE, RETAIN_SHARE,
+                                     MemoryModel, RecipeRequest, choose_recipe, scaled_features, smaller_patch)
 
 
 def _config(batch=7, features=(32, 64, 128, 256, 320)) -> Configuration:
@@ -18,14 +20,15 @@ def _config(batch=7, features=(32, 64, 128, 256, 320)) -> Configuration:
 
 
 class Timer:
-    """Step seconds from a table {(width, batch): s}; records what was asked, in order."""
+    """Step seconds from a table {(width, batch): s}; records what was asked, in order (the plan's patch)."""
 
     def __init__(self, table):
         self.table, self.asked = table, []
 
-    def __call__(self, width, batch):
+    def __call__(self, width, batch, patch):
+        assert patch == [40, 56, 40]
         self.asked.append((width, batch))
-        return self.table[(width, batch)]
+        return self.table[(width, batch)], None
 
 
 # Hippocampus-like CPU step times: 7.3 s at batch 7 full width; batch 2 at full, half and quarter width.
@@ -66,8 +69,9 @@ def test_budget_takes_the_widest_network_reaching_the_target_iterations(minutes,
     assert (recipe.optimizer, recipe.initial_lr) == ("adamw", 3e-3)
     # timed lazily, narrowest first, up to the first width that falls short; the slow standard step never
     # (auto saw that even the narrowest network cannot do AUTO_STANDARD_ITERATIONS steps)
+    # and not at all beyond the narrowest when even that one falls short (3 minutes)
     order = [0.25, 0.5, 1.0]
-    assert timer.asked == [(w, 2) for w in order[:order.index(width) + 2]]
+    assert timer.asked == ([(0.25, 2)] if minutes == 3 else [(w, 2) for w in order[:order.index(width) + 2]])
     assert recipe.iterations_per_epoch == max(5, min(250, recipe.expected_iterations // BUDGET_EPOCHS))
     assert recipe.val_iterations >= 1
     assert {(s.width, s.batch_size) for s in recipe.step_times} == set(timer.asked)
@@ -149,6 +153,10 @@ def test_budget_run_saves_its_recipe_trains_what_it_says_and_keeps_the_budget(pl
     assert recipe["iterations_per_epoch"] == 6 and recipe["val_iterations"] == 12
     plan = json.loads((folder / "plan.json").read_text())["configurations"]["3d_fullres"]
     assert plan["features_per_stage"] == recipe["features_per_stage"] and plan["batch_size"] == recipe["batch_size"]
+    assert plan["patch_size"] == recipe["patch_size"]
+    if sys.platform.startswith("linux"):  # memory is measured and planned for from /proc
+        assert recipe["memory_limit_mb"] > 0 and recipe["expected_peak_mb"] > 0
+        assert all(t["peak_mb"] > 0 for t in recipe["step_times"])
     weights = torch.load(folder / "checkpoint_final.pt", weights_only=False)["network"]
     assert weights["encoder.0.0.0.weight"].shape[0] == recipe["features_per_stage"][0]
     metrics = _metrics(folder)
@@ -190,3 +198,100 @@ def test_resume_and_reuse_take_the_saved_recipe_without_timing(planned, tmp_path
     assert json.loads(members["recipes/3d_fullres/fold_0.json"])["width"] == 0.5
     assert len(_metrics(other / "models/3d_fullres/fold_0")[0:1]) == 1
     assert _metrics(other / "models/3d_fullres/fold_0")[0]["iterations"] == 2  # the recipe's epoch length
+
+
+MB = 2 ** 20
+
+
+class PatchTimer(Timer):
+    """Like Timer, for any patch: step seconds scale with the patch's voxels."""
+
+    def __call__(self, width, batch, patch):
+        self.asked.append((width, batch, tuple(patch)))
+        seconds = self.table[(width, 2)] * batch / 2 if (width, batch) not in self.table else self.table[(width, batch)]
+        return seconds * (patch[0] * patch[1] * patch[2]) / (40 * 56 * 40), None
+
+
+def _count(width, batch, patch):
+    """A made-up step memory count: 1 MB per 1000 voxel-samples at full width."""
+    return int(width * batch * patch[0] * patch[1] * patch[2] / 1000 * MB)
+
+
+def _plain(width, batch, patch):
+    return MEMORY_FACTOR * _count(width, batch, patch) + MEMORY_FIXED
+
+
+def test_budget_skips_networks_that_would_not_fit_in_memory():
+    # by hand: 120 min buys width 1 on time alone (3208 iterations); the counts at batch 2 are 44.8 MB at
+    # quarter, 89.6 at half, 179.2 at full width; the limit lets half width fit but not full width
+    limit = int(_plain(0.5, 2, [40, 56, 40])) + 1
+    timer = PatchTimer(CPU)
+    recipe = choose_recipe(RecipeRequest("budget", 120 * 60), _config(), timer, memory=MemoryModel(limit, _count))
+    assert recipe.width == 0.5 and recipe.batch_size == 2 and recipe.patch_size == [40, 56, 40]
+    assert (1.0, 2, (40, 56, 40)) not in timer.asked, "a network that does not fit must not even be timed"
+    assert recipe.memory_limit_mb == round(limit / MB)
+    # half width only fits with freed memory returned to the kernel: 2.5 x 89.6 MB + 128 MB is over the share
+    assert recipe.retain_freed_memory is False
+    assert recipe.expected_peak_mb == round(_plain(0.5, 2, [40, 56, 40]) / MB)
+
+
+def test_freed_memory_is_kept_where_there_is_room_for_it():
+    roomy = int((MEMORY_FACTOR_RETAINED * _count(1.0, 2, [40, 56, 40]) + MEMORY_FIXED) * MEMORY_SHARE / RETAIN_SHARE) + 1
+    recipe = choose_recipe(RecipeRequest("budget", 120 * 60), _config(), PatchTimer(CPU),
+                           memory=MemoryModel(roomy, _count))
+    assert recipe.width == 1.0 and recipe.retain_freed_memory is True
+    assert recipe.expected_peak_mb == round((MEMORY_FACTOR_RETAINED * _count(1.0, 2, [40, 56, 40]) + MEMORY_FIXED) / MB)
+
+
+def test_batch_then_patch_shrink_until_the_step_fits():
+    assert smaller_patch([40, 56, 40], _config()) == [40, 40, 40]  # total stride 16 on every axis
+    assert smaller_patch([40, 40, 40], _config()) == [24, 40, 40]
+    assert smaller_patch([16, 16, 16], _config()) is None
+    config = _config()
+    just_batch_1 = int(_plain(0.25, 1, [40, 56, 40])) + 1
+    recipe = choose_recipe(RecipeRequest("budget", 600), config, PatchTimer(CPU),
+                           memory=MemoryModel(just_batch_1, _count))
+    assert (recipe.width, recipe.batch_size, recipe.patch_size) == (0.25, 1, [40, 56, 40])
+    assert "batch 1 to fit in memory" in recipe.reason
+    # quarter width, batch 1 at 40x40x40 is 16 MB counted: one stride less on the longest axis than the plan
+    smaller = int(_plain(0.25, 1, [40, 40, 40])) + 1
+    timer = PatchTimer(CPU)
+    recipe = choose_recipe(RecipeRequest("budget", 600), config, timer, memory=MemoryModel(smaller, _count))
+    assert (recipe.batch_size, recipe.patch_size) == (1, [40, 40, 40]) and "patch 40x40x40" in recipe.reason
+    assert timer.asked and all(patch == (40, 40, 40) for _, _, patch in timer.asked)
+    # the plan's patch is what predict uses unless the recipe changed it: the fold's configuration records it
+    assert recipe.configuration(config).patch_size == [40, 40, 40]
+    with pytest.raises(AutosegError, match=r"needs about .* GB even at width 0.25, batch 1, patch 24x24x24"):
+        choose_recipe(RecipeRequest("budget", 600), config, PatchTimer(CPU), memory=MemoryModel(MEMORY_FIXED, _count))
+
+
+def test_auto_does_not_time_a_standard_step_that_would_not_fit():
+    fast = {(1.0, 7): 0.2, (1.0, 2): 0.1, (0.5, 2): 0.06, (0.25, 2): 0.05}
+    budget = 0.2 * AUTO_STANDARD_ITERATIONS * 2
+    limit = int(_plain(1.0, 2, [40, 56, 40])) + 1  # full width fits at batch 2, not at the plan's 7
+    timer = PatchTimer(fast)
+    recipe = choose_recipe(RecipeRequest(time_budget_s=budget), _config(), timer, memory=MemoryModel(limit, _count))
+    assert recipe.name == "budget" and "would not fit in memory" in recipe.reason
+    assert all(batch == 2 for _, batch, _ in timer.asked)
+
+
+def test_standard_recipe_over_memory_warns_and_returns_freed_memory():
+    recipe = choose_recipe(RecipeRequest("standard"), _config(), Timer({}), memory=MemoryModel(100 * MB, _count))
+    assert recipe.batch_size == 7 and recipe.retain_freed_memory is False
+    assert "warning: a step is expected to take" in recipe.reason
+
+
+def test_the_memory_estimate_bounds_a_measured_step():
+    """estimate_step_memory counts without computing; the recipe's factor must cover a real step's peak."""
+    torch = pytest.importorskip("torch")
+    from autoseg.training.step import estimate_step_memory, time_training_step
+    config = _config(batch=2, features=(8, 16, 32))
+    config.patch_size = [32, 48, 32]
+    small = estimate_step_memory(config, 1, 3)
+    config.batch_size = 4
+    assert 1.8 < estimate_step_memory(config, 1, 3) / small < 2.05  # activations dominate, linear in batch
+    probe = time_training_step(config, 1, 3, torch.device("cpu"), None)
+    if probe.peak_bytes is None:
+        pytest.skip("no /proc peak memory on this platform")
+    assert probe.seconds > 0
+    assert probe.peak_bytes <= MEMORY_FACTOR_RETAINED * estimate_step_memory(config, 1, 3) + MEMORY_FIXED

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from autoseg import resident_memory
 from autoseg.allocator import retain_freed_memory
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.jsonio import from_dict, json_safe, to_dict, write_json_atomic
 from autoseg.output_location import check_output_dir
-from autoseg.planning.plan_types import Plan, load_plan, save_plan
+from autoseg.planning.plan_types import Configuration, Plan, load_plan, save_plan
 from autoseg.preprocessing.run import preprocessed_folder
 from autoseg.training import distributed
 from autoseg.training.augmentation import augmentation_settings
@@ -36,10 +37,10 @@ from autoseg.model.network import build_network
 from autoseg.training.options import TrainOptions
 from autoseg.model.precision import autocast_dtype
 from autoseg.training.progress import append_metrics, log, plot_progress, read_metrics, rewrite_metrics
-from autoseg.training.recipe import (FORWARD_SHARE, RECIPE_FILE, Recipe, RecipeRequest, choose_recipe, load_recipe,
-                                     save_recipe, scaled_features)
+from autoseg.training.recipe import (FORWARD_SHARE, MEMORY_SHARE, RECIPE_FILE, MemoryModel, Recipe, RecipeRequest,
+                                     choose_recipe, load_recipe, save_recipe, scaled_features)
 from autoseg.training.schedule import poly_lr
-from autoseg.training.step import make_optimizer, time_training_step, train_step
+from autoseg.training.step import estimate_step_memory, make_optimizer, time_training_step, train_step
 from autoseg.training.splits import fold_cases, load_or_create_splits
 from autoseg.training.validation import SUMMARY, validate_fold
 
@@ -139,6 +140,8 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
     if checkpoint_path is None and not ranks.is_main:
         recipe = load_recipe(model_dir / RECIPE_FILE)  # rank 0 decided and saved it
     state.train_seconds = state.probe_seconds = time.monotonic() - probe_start if checkpoint_path is None else 0.0
+    if device.type == "cpu":
+        retain_freed_memory(recipe.retain_freed_memory)
     plan = _plan_with_recipe(plan, configuration, recipe)
     config = plan.configurations[configuration]
     torch.manual_seed(options.seed)
@@ -175,8 +178,11 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
             f"{'float32' if amp_dtype is None else str(amp_dtype).replace('torch.', '') + ' mixed precision'}"
             + (f", {ranks.world_size} processes" if ranks.active else ""))
         say(f"recipe {recipe.name}: {recipe.reason} (lr {recipe.initial_lr:g}, warm-up {recipe.warmup:g}, "
-            f"{recipe.augmentation} augmentation, {recipe.iterations_per_epoch} iterations per epoch; "
-            f"{state.train_seconds:.1f} s to decide) -> {model_dir / RECIPE_FILE}")
+            f"{recipe.augmentation} augmentation, {recipe.iterations_per_epoch} iterations per epoch"
+            + ("" if recipe.expected_peak_mb is None else
+               f"; step peak ~{recipe.expected_peak_mb / 1024:.1f} of {recipe.memory_limit_mb / 1024:.1f} GB, freed "
+               f"memory {'kept' if recipe.retain_freed_memory else 'returned'}")
+            + f"; {state.train_seconds:.1f} s to decide) -> {model_dir / RECIPE_FILE}")
     distributed.barrier(ranks)
 
     def checkpoint_state() -> dict:
@@ -234,12 +240,22 @@ def _decide_recipe(options: TrainOptions, config, in_channels: int, num_classes:
                             options.initial_lr, options.warmup, options.augmentation, options.iterations_per_epoch,
                             options.validation_iterations, options.optimizer)
 
-    def step_time(width: float, batch: int) -> float:
-        candidate = dataclasses.replace(config, features_per_stage=scaled_features(config.features_per_stage, width),
-                                        batch_size=batch)
-        return time_training_step(candidate, in_channels, num_classes, device, amp_dtype)
+    def candidate(width: float, batch: int, patch: list[int]) -> Configuration:
+        return dataclasses.replace(config, features_per_stage=scaled_features(config.features_per_stage, width),
+                                   batch_size=batch, patch_size=list(patch))
 
-    return choose_recipe(request, config, step_time, machine)
+    memory = MemoryModel()
+    if device.type == "cpu" and resident_memory.available_bytes() is not None:
+        memory = MemoryModel(int(resident_memory.available_bytes() * MEMORY_SHARE),
+                             lambda w, b, p: estimate_step_memory(candidate(w, b, p), in_channels, num_classes))
+
+    def step_time(width: float, batch: int, patch: list[int]) -> tuple[float, int | None]:
+        if not memory.retains(width, batch, patch):
+            retain_freed_memory(False)  # for the rest of the run: the recipe will not retain either
+        probe = time_training_step(candidate(width, batch, patch), in_channels, num_classes, device, amp_dtype)
+        return probe.seconds, probe.peak_bytes
+
+    return choose_recipe(request, config, step_time, machine, memory)
 
 
 def _plan_with_recipe(plan: Plan, configuration: str, recipe: Recipe) -> Plan:
