@@ -5,8 +5,8 @@ plans, one invocation.
         [--work /tmp/autoseg-bench-memory]
 
 Datasets: Hippocampus (../shared/data, patch 40x56x40, batch 7) and "large", a synthetic 2-channel
-brain-MRI-like dataset made here (6 cases of 240x240x155 at 1 mm, 3 nested tumour labels: BraTS's shape,
-whose plan is patch 128x128x128, batch 2). Each tool plans and preprocesses it itself.
+brain-MRI-like dataset (benchmarks/synthetic_mri.py: 6 cases of 240x240x155 at 1 mm, 3 nested tumour
+labels; BraTS's shape, planned at patch 112x160x128, batch 2). Each tool plans and preprocesses it itself.
 
 Runs, each measured as the peak PSS of its process tree every 0.5 s:
 - autoseg standard: `--recipe standard --epochs 1 --iterations-per-epoch 2 --val-iterations 1
@@ -27,53 +27,14 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import plan_autoseg, train_autoseg  # noqa: E402
 from nnunet_train import prepare_nnunet, train_nnunet  # noqa: E402
+from synthetic_mri import write_mri_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 HIPPOCAMPUS = REPO.parent / "shared" / "data" / "Dataset004_Hippocampus"
-LARGE_SHAPE = (155, 240, 240)  # z, y, x
-
-
-def write_large_dataset(root: Path, cases: int = 6) -> Path:
-    """Deterministic BraTS-shaped data: a zero background around an ellipsoidal 'brain' of smooth noise in
-    two channels, with nested labels 1 (edema) > 2 (tumour core) > 3 (enhancing) at a random place."""
-    import SimpleITK as sitk
-    from scipy.ndimage import gaussian_filter, zoom
-
-    folder = root / "Dataset900_LargeMRI"
-    if (folder / "dataset.json").is_file():
-        return folder
-    for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    z, y, x = np.ogrid[:LARGE_SHAPE[0], :LARGE_SHAPE[1], :LARGE_SHAPE[2]]
-    centre = [s / 2 for s in LARGE_SHAPE]
-    brain = ((z - centre[0]) / 65) ** 2 + ((y - centre[1]) / 95) ** 2 + ((x - centre[2]) / 80) ** 2 <= 1
-    for i in range(cases):
-        rng = np.random.default_rng(i)
-        tz, ty, tx = (c + rng.uniform(-25, 25) for c in centre)
-        distance = np.sqrt(((z - tz) / 1.0) ** 2 + ((y - ty) / 1.2) ** 2 + ((x - tx) / 0.9) ** 2)
-        label = np.zeros(LARGE_SHAPE, np.uint8)
-        for value, radius in ((1, 30), (2, 16), (3, 8)):
-            label[(distance <= radius) & brain] = value
-        name = f"brain_{i:03d}"
-        for channel in range(2):
-            coarse = rng.normal(size=tuple(s // 8 for s in LARGE_SHAPE)).astype(np.float32)
-            field = zoom(gaussian_filter(coarse, 1.5), 8, order=1)[:LARGE_SHAPE[0], :LARGE_SHAPE[1], :LARGE_SHAPE[2]]
-            field = np.pad(field, [(0, s - f) for s, f in zip(LARGE_SHAPE, field.shape)], mode="edge")
-            image = (500 + 100 * field + 150 * (label > 0) * (channel + 1) - 80 * (label == 3)) * brain
-            img = sitk.GetImageFromArray(image.astype(np.float32))
-            sitk.WriteImage(img, str(folder / "imagesTr" / f"{name}_{channel:04d}.nii.gz"))
-        sitk.WriteImage(sitk.GetImageFromArray(label), str(folder / "labelsTr" / f"{name}.nii.gz"))
-    (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "T1", "1": "FLAIR"}, "labels": {"background": 0, "edema": 1, "core": 2,
-                                                              "enhancing": 3},
-        "numTraining": cases, "file_ending": ".nii.gz"}, indent=1))
-    return folder
 
 
 def autoseg_rows(data: Path, work: Path, budget_s: float) -> dict:
@@ -124,7 +85,8 @@ def main() -> None:
         work = args.work / name
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        data = HIPPOCAMPUS if name == "hippocampus" else write_large_dataset(args.work / "data")
+        data = (HIPPOCAMPUS if name == "hippocampus" else
+                write_mri_dataset(args.work / "data", "Dataset900_LargeMRI", (155, 240, 240), 6))
         rows = autoseg_rows(data, work, budget_s)
         rows["nnU-Net v2"] = nnunet_row(data, work)
         results["datasets"][name] = rows

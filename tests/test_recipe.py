@@ -244,24 +244,25 @@ def test_freed_memory_is_kept_where_there_is_room_for_it():
 
 
 def test_batch_then_patch_shrink_until_the_step_fits():
-    assert smaller_patch([40, 56, 40], _config()) == [40, 40, 40]  # total stride 16 on every axis
-    assert smaller_patch([40, 40, 40], _config()) == [24, 40, 40]
-    assert smaller_patch([16, 16, 16], _config()) is None
-    config = _config()
+    config = _config(features=(32, 64, 128))  # two poolings: total stride 4 on every axis
+    assert smaller_patch([40, 56, 40], config) == [40, 52, 40]
+    assert smaller_patch([40, 40, 40], config) == [36, 40, 40]
+    assert smaller_patch([20, 16, 16], config) == [16, 16, 16]
+    assert smaller_patch([16, 16, 16], config) is None  # 4 voxels left at the bottleneck on every axis
     just_batch_1 = int(_plain(0.25, 1, [40, 56, 40])) + 1
     recipe = choose_recipe(RecipeRequest("budget", 600), config, PatchTimer(CPU),
                            memory=MemoryModel(just_batch_1, _count))
     assert (recipe.width, recipe.batch_size, recipe.patch_size) == (0.25, 1, [40, 56, 40])
     assert "batch 1 to fit in memory" in recipe.reason
-    # quarter width, batch 1 at 40x40x40 is 16 MB counted: one stride less on the longest axis than the plan
+    # 40x40x40 is 4 strides less on the longest axis than the plan's patch, one at a time
     smaller = int(_plain(0.25, 1, [40, 40, 40])) + 1
     timer = PatchTimer(CPU)
     recipe = choose_recipe(RecipeRequest("budget", 600), config, timer, memory=MemoryModel(smaller, _count))
     assert (recipe.batch_size, recipe.patch_size) == (1, [40, 40, 40]) and "patch 40x40x40" in recipe.reason
     assert timer.asked and all(patch == (40, 40, 40) for _, _, patch in timer.asked)
-    # the plan's patch is what predict uses unless the recipe changed it: the fold's configuration records it
+    # the fold's configuration records it, so validation and prediction use the patch trained on
     assert recipe.configuration(config).patch_size == [40, 40, 40]
-    with pytest.raises(AutosegError, match=r"needs about .* GB even at width 0.25, batch 1, patch 24x24x24"):
+    with pytest.raises(AutosegError, match=r"needs about .* GB even at width 0.25, batch 1, patch 16x16x16"):
         choose_recipe(RecipeRequest("budget", 600), config, PatchTimer(CPU), memory=MemoryModel(MEMORY_FIXED, _count))
 
 
@@ -295,3 +296,19 @@ def test_the_memory_estimate_bounds_a_measured_step():
         pytest.skip("no /proc peak memory on this platform")
     assert probe.seconds > 0
     assert probe.peak_bytes <= MEMORY_FACTOR_RETAINED * estimate_step_memory(config, 1, 3) + MEMORY_FIXED
+
+
+def test_memory_limit_too_small_for_any_network_is_one_line_and_standard_only_warns(planned, tmp_path):
+    from conftest import run_autoseg
+
+    out = tmp_path / "out"
+    shutil.copytree(planned, out)
+    proc = run_autoseg("train", out, "--time-budget", "30s", "--recipe", "budget", "--memory-limit", "0.05",
+                       *FAST, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "even at width 0.25, batch 1" in proc.stderr and "GB is available" in proc.stderr
+    run_autoseg("train", out, "--recipe", "standard", "--epochs", "1", "--iterations-per-epoch", "1",
+                "--val-iterations", "1", "--no-validation", "--memory-limit", "0.05", *FAST)
+    recipe = json.loads((out / "models/3d_fullres/fold_0/recipe.json").read_text())
+    assert recipe["memory_limit_mb"] == round(0.05 * 1024 * MEMORY_SHARE)
+    assert recipe["retain_freed_memory"] is False and "warning: a step is expected to take" in recipe["reason"]

@@ -245,8 +245,10 @@ def _decide_recipe(options: TrainOptions, config, in_channels: int, num_classes:
                                    batch_size=batch, patch_size=list(patch))
 
     memory = MemoryModel()
-    if device.type == "cpu" and resident_memory.available_bytes() is not None:
-        memory = MemoryModel(int(resident_memory.available_bytes() * MEMORY_SHARE),
+    room = (resident_memory.available_bytes() if options.memory_limit_gb is None
+            else options.memory_limit_gb * 2 ** 30)
+    if device.type == "cpu" and room is not None:
+        memory = MemoryModel(int(room * MEMORY_SHARE),
                              lambda w, b, p: estimate_step_memory(candidate(w, b, p), in_channels, num_classes))
 
     def step_time(width: float, batch: int, patch: list[int]) -> tuple[float, int | None]:
@@ -336,8 +338,10 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
             state.ema = mean_dice if state.ema is None else EMA_DECAY * state.ema + (1 - EMA_DECAY) * mean_dice
         train_loss = float(distributed.all_sum(torch.tensor([np.mean(losses)]), ranks).item() / ranks.world_size)
         step_s = iterations_time / len(losses)
-        # the budget cannot take another step and this epoch's tail: the run ends with this epoch
-        last = clock.budget_s is not None and clock.must_stop(step_s, tail_s or 0.0)
+        # the budget cannot take another step and an epoch's tail (this epoch's validation, just measured, is
+        # the estimate: in a first epoch of slow steps there is no earlier one): the run ends with this epoch
+        next_tail = max(tail_s or 0.0, time.monotonic() - tail_start)
+        last = clock.budget_s is not None and clock.must_stop(step_s, next_tail)
         state.train_seconds = distributed.broadcast_float(
             max(clock.seconds, clock.budget_s) if last else clock.seconds, ranks)
         line = {"epoch": state.epoch, "iterations": len(losses), "train_loss": train_loss, "val_loss": val_loss,

@@ -25,7 +25,10 @@ class TrainOptions:
     batch_size: int | None = None
     seed: int = 0
     precision: str = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with native bfloat16, else fp32
+    memory_limit_gb: float | None = None  # what a CPU run may take (None: the machine's available memory)
 
     def differences(self, other: "TrainOptions") -> list[str]:
+        """Options that differ, except the memory limit: a resumed run keeps its recipe.json whatever the
+        machine has free now."""
         a, b = asdict(self), asdict(other)
-        return [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] != b[k]]
+        return [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] != b[k] and k != "memory_limit_gb"]

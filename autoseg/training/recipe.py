@@ -192,8 +192,8 @@ def choose_recipe(request: RecipeRequest, config: Configuration, step_time: Step
     recipe.expected_peak_mb = None if peak is None else round(peak / 2 ** 20)
     recipe.memory_limit_mb = None if memory.limit is None else round(memory.limit / 2 ** 20)
     if memory.limit is not None and peak is not None and peak > memory.limit:
-        recipe.reason += (f"; warning: a step is expected to take {peak / 2 ** 30:.1f} GB, more than the "
-                          f"{memory.limit / 2 ** 30:.1f} GB available to it")
+        recipe.reason += (f"; warning: a step is expected to take {_gb(peak)}, more than the {_gb(memory.limit)} "
+                          f"available to it")
     return recipe
 
 
@@ -214,6 +214,10 @@ def _auto(request: RecipeRequest, config: Configuration, measured, memory: Memor
     name = "standard" if affordable >= AUTO_STANDARD_ITERATIONS else "budget"
     return name, (f"auto: the budget buys {affordable:.0f} standard iterations "
                   f"({'>=' if name == 'standard' else '<'} {AUTO_STANDARD_ITERATIONS}); ")
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 2 ** 30:.2f} GB"
 
 
 def _pick(value, default):
@@ -287,21 +291,25 @@ def _fit_memory(request: RecipeRequest, config: Configuration, width: float,
         smaller = smaller_patch(patch, config)
         if smaller is None:
             need = memory.peak(width, batch, patch, retained=False)
-            raise AutosegError(f"training {config.name} needs about {need / 2 ** 30:.1f} GB even at width "
-                               f"{width:g}, batch {batch}, patch {'x'.join(map(str, patch))}; "
-                               f"{memory.limit / 2 ** 30:.1f} GB is available to it: free memory and start again")
+            raise AutosegError(f"training {config.name} needs about {_gb(need)} even at width {width:g}, batch "
+                               f"{batch}, patch {'x'.join(map(str, patch))}; {_gb(memory.limit)} is available to it: "
+                               f"free memory and start again")
         patch = smaller
     return batch, patch, f"; batch {batch}, patch {'x'.join(map(str, patch))} to fit in memory"
 
 
+MIN_BOTTLENECK = 4  # voxels per axis at the lowest resolution, the planner's own floor (instance norm needs > 1)
+
+
 def smaller_patch(patch: list[int], config: Configuration) -> list[int] | None:
-    """The patch one bottleneck voxel shorter along its longest axis that can shrink (a multiple of the
-    network's total stride on every axis, as the plan's rules require); None when every axis is at one."""
+    """The patch one bottleneck voxel shorter along its longest axis that can shrink (by the network's total
+    stride on that axis, as the plan's rules require, keeping MIN_BOTTLENECK voxels there); None when no
+    axis can."""
     strides = [1] * len(patch)
     for stage in config.pool_strides:
         strides = [s * k for s, k in zip(strides, stage)]
     for axis in sorted(range(len(patch)), key=lambda a: -patch[a]):
-        if patch[axis] - strides[axis] >= strides[axis]:
+        if patch[axis] - strides[axis] >= MIN_BOTTLENECK * strides[axis]:
             return [size - strides[axis] if a == axis else size for a, size in enumerate(patch)]
     return None
 
