@@ -35,36 +35,19 @@ def _page_faults(mode: str, where: str = "main") -> tuple[bool, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
-def test_freed_blocks_stay_in_the_process():
-    took, retained = _page_faults("retain")
+@pytest.mark.parametrize("other, where", [("default", "main"), ("default", "thread"), ("bounded", "main")])
+def test_freed_blocks_stay_in_the_process_unless_bounded(other, where):
+    """Against glibc's default, in the main thread and in a worker thread (glibc's per-thread arenas cap their
+    heaps at 64 MiB, so larger blocks freed in a thread went back to the kernel whatever the thresholds said;
+    the service's network thread paid for it on every case); and against retention bounded again, as
+    training does where memory is short."""
+    took, retained = _page_faults("retain", where)
     if not took:
         pytest.skip("this C library has no mallopt (not glibc)")
-    _, default = _page_faults("default")
+    _, faults = _page_faults(other, where)
     # (with transparent huge pages a fault maps up to 2 MB, so compare counts rather than expect one per 4 KiB)
-    assert default >= 5 * 64, f"glibc's default should fault each reallocated 128 MB block in again ({default})"
-    assert retained * 20 < default, f"{retained} page faults vs {default}: freed blocks went back to the kernel"
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
-def test_freed_blocks_stay_in_the_process_in_worker_threads_too():
-    """glibc's per-thread arenas cap their heaps at 64 MiB, so larger blocks freed in a thread went back to
-    the kernel whatever the thresholds said; the service's network thread paid for it on every case."""
-    took, retained = _page_faults("retain", "thread")
-    if not took:
-        pytest.skip("this C library has no mallopt (not glibc)")
-    _, default = _page_faults("default", "thread")
-    assert default >= 5 * 64, f"glibc's default should fault each reallocated 128 MB block in again ({default})"
-    assert retained * 20 < default, f"{retained} page faults vs {default} in a worker thread"
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
-def test_retention_can_be_bounded_again():
-    took, bounded = _page_faults("bounded")
-    if not took:
-        pytest.skip("this C library has no mallopt (not glibc)")
-    _, retained = _page_faults("retain")
-    assert bounded >= 5 * 64 and retained * 20 < bounded, \
-        f"bounded: {bounded} page faults, retained: {retained}; blocks over 32 MiB should go back to the kernel"
+    assert faults >= 5 * 64, f"{other}: each reallocated 128 MB block should fault in again ({faults})"
+    assert retained * 20 < faults, f"{retained} page faults retained vs {faults} {other} ({where} thread)"
 
 
 RESIDENT = """
