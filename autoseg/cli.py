@@ -7,6 +7,7 @@ from pathlib import Path
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, CasesFailed, DatasetInvalid
+from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
 from autoseg.output_location import check_output_dir, writing_errors
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
 from autoseg.training.options import TrainOptions
@@ -115,7 +116,9 @@ def _cmd_predict(args) -> int:
                              device=args.device, precision=args.precision, save_probabilities=args.save_probabilities,
                              workers=args.workers, skip_existing=args.resume, progress=not args.quiet,
                              strict=args.strict, preview=args.preview,
-                             part=parse_part(args.part) if args.part else None)
+                             part=parse_part(args.part) if args.part else None,
+                             output_type=args.output_type, input_format=args.input_format, series=args.series,
+                             channel_series=args.channel_series)
     result = predict(args.input, args.output, args.models, options)
     skipped = f", {len(result.skipped)} already done" if result.skipped else ""
     print(f"predicted {len(result.written)} case(s){skipped} -> {result.output_dir}")
@@ -281,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser(
         "predict", help="segment new scans with a trained model",
         description="Predict label maps for the scans in INPUT (a folder of {case}_{XXXX}<ending> channel files "
-                    "or single 3D/4D files, or one file) with the trained folds of a configuration: sliding "
+                    "or single 3D/4D files, one file, or a folder of DICOM series searched recursively, each series "
+                    "a case, written back as DICOM SEG: docs/dicom.md) with the trained folds of a configuration: sliding "
                     "window with Gaussian weighting, mirroring, fold averaging. Each output has the exact shape "
                     "and geometry of its input scan. Cases that fail are listed; the others still complete.")
     pr.add_argument("-i", "--input", required=True, metavar="INPUT", help="scan file or folder of scans")
@@ -310,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write {case}_preview.png: three orthogonal slices with the labels overlaid")
     pr.add_argument("--part", default=None, metavar="K/N",
                     help="predict only the K-th of N shares of the cases (several machines over one folder)")
+    pr.add_argument("--output-type", default="auto", choices=OUTPUT_TYPES,
+                    help="nifti: label maps; dicom-seg: {case}.seg.dcm (DICOM input); both; auto (default): "
+                         "dicom-seg for DICOM input, else nifti")
+    pr.add_argument("--input-format", default="auto", choices=INPUT_FORMATS,
+                    help="auto (default): dicom when INPUT holds DICOM files and no image files")
+    pr.add_argument("--series", nargs="+", default=None, metavar="UID",
+                    help="DICOM: predict only these SeriesInstanceUIDs")
+    pr.add_argument("--channel-series", type=Path, default=None, metavar="FILE",
+                    help='DICOM, multi-channel models: JSON {"case id": ["series UID of channel 0", ...]}')
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 

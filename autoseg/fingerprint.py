@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from autoseg.dataset import Dataset, read_case
+from autoseg.dataset.label_codes import LabelCode
 from autoseg.dataset.layout import Case, DatasetScan, scan_dataset, sorted_problems
 from autoseg.dataset.orientation import (dataset_orientation, orientation_code, reorientation_between,
                                          reoriented_bbox, reoriented_shape)
@@ -95,6 +96,7 @@ class Fingerprint:
     foreground_intensity: list[IntensityStats]
     sampling_seed: int = SAMPLING_SEED
     samples_per_case_cap: int = 0  # values drawn (with replacement) from each case with foreground
+    label_codes: dict[str, LabelCode] = field(default_factory=dict)  # dataset.json's, for DICOM SEG
 
     @property
     def spacings(self) -> np.ndarray:
@@ -226,6 +228,6 @@ def compute_fingerprint(dataset: Dataset | DatasetScan | str | os.PathLike, work
     cases = [in_orientation(c, orientation) for c in cases]
     return Fingerprint(
         version=FINGERPRINT_VERSION, dataset_name=dataset.name, dataset_dir=str(dataset.root.resolve()),
-        layout=dataset.layout, channel_names=dataset.channel_names, labels=dataset.labels,
+        layout=dataset.layout, channel_names=dataset.channel_names, labels=dataset.labels, label_codes=dict(dataset.label_codes),
         file_ending=dataset.file_ending, orientation=orientation, cases=cases,
         foreground_intensity=[_pool_stats(s) for s in samples], samples_per_case_cap=cap)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from autoseg.dataset.label_codes import LabelCode
+
 # macOS writes a "._NAME" resource fork beside every file it copies to a foreign disk; the
 # Decathlon tarballs are full of them. Expected junk: counted, never named one by one.
 RESOURCE_FORK_PREFIX = "._"
@@ -32,6 +34,7 @@ class Dataset:
     labels: dict[str, int]
     file_ending: str
     cases: list[Case] = field(default_factory=list)
+    label_codes: dict[str, LabelCode] = field(default_factory=dict)  # optional, for DICOM SEG
 
     @property
     def num_channels(self) -> int:

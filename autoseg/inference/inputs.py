@@ -80,6 +80,17 @@ def find_input_cases(input_path: str | Path, num_channels: int) -> tuple[list[In
     return sorted(cases, key=lambda c: c.case_id), problems
 
 
+def read_any_case(case, channel_names: list[str]) -> tuple[CaseData, bytes | None, list[str]]:
+    """An image-file case or a DICOM case (autoseg.dicom.series.DicomCase) read: (C, z, y, x) float32 with
+    its geometry, the NIfTI header (None for DICOM), and warnings (a DICOM modality unlike the model's)."""
+    if isinstance(case, InputCase):
+        return (*read_input_case(case, len(channel_names)), [])
+    from autoseg.dicom.series import read_dicom_case
+
+    image, geometry, warnings = read_dicom_case(case, channel_names)
+    return CaseData(case.case_id, image, None, geometry), None, warnings
+
+
 def read_input_case(case: InputCase, num_channels: int) -> tuple[CaseData, bytes | None]:
     """The case's channels as (C, z, y, x) float32 with the first file's geometry and NIfTI header.
 

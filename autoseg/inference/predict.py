@@ -23,6 +23,8 @@ from pathlib import Path
 
 from autoseg.dataset.orientation import reorient, reorientation
 from autoseg.errors import AutosegError
+from autoseg.dataset.geometry import file_ending
+from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
 from autoseg.inference.inputs import InputCase, find_input_cases
 from autoseg.inference.predictor import PreparedCase, Predictor
 from autoseg.inference.report import (CaseReport, load_case_report, write_case_report,
@@ -37,6 +39,7 @@ SUMMARY_FILE = "prediction_summary.json"
 CSV_FILE = "predictions.csv"
 REPORT_SUFFIX = "_report.json"
 PREVIEW_SUFFIX = "_preview.png"
+SEG_SUFFIX = ".seg.dcm"
 
 
 @dataclass
@@ -64,15 +67,78 @@ class PredictOptions:
     strict: bool = False  # input-check warnings fail the case
     preview: bool = False
     part: tuple[int, int] | None = None  # (k, n), 1-based; None: all cases (or this rank's share under torchrun)
+    output_type: str = "auto"  # OUTPUT_TYPES
+    input_format: str = "auto"  # INPUT_FORMATS
+    series: list[str] | None = None  # DICOM: only these SeriesInstanceUIDs
+    channel_series: Path | None = None  # DICOM, multi-channel models: {case id: [series UID per channel]}
 
 
-def output_paths(case: InputCase, output_dir: Path, save_probabilities: bool) -> list[Path]:
-    """Every data file a finished case has; the label map is written last and listed first."""
-    paths = [output_dir / f"{case.case_id}{case.ending}"]
-    if save_probabilities:
+@dataclass(frozen=True)
+class Outputs:
+    """What every case of a run writes."""
+
+    label_map: bool
+    dicom_seg: bool
+    probabilities: bool
+
+
+def output_paths(case, output_dir: Path, outputs: Outputs) -> list[Path]:
+    """Every data file a finished case has; the one listed first is written last (it marks the case finished):
+    the label map, or the DICOM SEG when it is written alone."""
+    paths = [output_dir / f"{case.case_id}{case.ending}"] if outputs.label_map else []
+    if outputs.dicom_seg:
+        paths.append(output_dir / f"{case.case_id}{SEG_SUFFIX}")
+    if outputs.probabilities:
         paths += [output_dir / f"{case.case_id}{PROBABILITIES_SUFFIX}",
                   output_dir / f"{case.case_id}{ENTROPY_SUFFIX}{case.ending}"]
     return paths
+
+
+def find_cases(input_path, predictor: Predictor, options: PredictOptions) -> tuple[list, dict[str, str], bool]:
+    """(cases, {case id: why refused}, whether they are DICOM) under INPUT, as options.input_format says."""
+    from autoseg.dicom.series import holds_dicom, is_dicom_file
+
+    input_path = Path(input_path)
+    fmt = options.input_format
+    if fmt not in INPUT_FORMATS:
+        raise AutosegError(f"--input-format {fmt!r}: choose one of {', '.join(INPUT_FORMATS)}")
+    if input_path.is_file() and is_dicom_file(input_path):
+        raise AutosegError(f"{input_path}: one DICOM file; give the folder that holds its series")
+    if fmt == "auto":
+        has_images = input_path.is_file() or (input_path.is_dir() and any(
+            p.is_file() and file_ending(p) and not p.name.startswith((".", TEMP_PREFIX)) for p in input_path.iterdir()))
+        fmt = "dicom" if input_path.is_dir() and not has_images and holds_dicom(input_path) else "files"
+    if fmt == "files":
+        if options.series or options.channel_series:
+            raise AutosegError(f"{input_path}: --series and --channel-series choose DICOM series; this input is "
+                               f"image files")
+        return *find_input_cases(input_path, predictor.num_channels), False
+    from autoseg.dicom.series import dicom_cases, find_series
+
+    scan = find_series(input_path)
+    if scan.skipped:
+        _say(f"{input_path}: skipped " + ", ".join(f"{n} {kind} file(s)" for kind, n in sorted(scan.skipped.items())))
+    cases, problems = dicom_cases(scan, predictor.channel_names, series_uids=options.series,
+                                  channel_series=options.channel_series)
+    if not cases and not problems:
+        raise AutosegError(f"{input_path}: no DICOM series to predict")
+    return cases, problems, True
+
+
+def resolve_outputs(options: PredictOptions, dicom: bool) -> Outputs:
+    kind = options.output_type
+    if kind not in OUTPUT_TYPES:
+        raise AutosegError(f"--output-type {kind!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+    if kind == "auto":
+        kind = "dicom-seg" if dicom else "nifti"
+    if kind != "nifti" and not dicom:
+        raise AutosegError(f"--output-type {kind}: a DICOM SEG references its source DICOM series; this input is "
+                           f"image files")
+    if kind != "nifti":
+        from autoseg.dicom import require_dicom_libraries
+        require_dicom_libraries()
+    return Outputs(label_map=kind in ("nifti", "both"), dicom_seg=kind in ("dicom-seg", "both"),
+                   probabilities=options.save_probabilities)
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -120,10 +186,11 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
     if Path(input_path).is_dir() and output_dir.exists() and output_dir.resolve() == Path(input_path).resolve():
         raise AutosegError(f"{output_dir}: is the input folder; the label maps written there would be read as "
                            f"scans by the next run. Choose another output folder")
-    cases, problems = find_input_cases(input_path, predictor.num_channels)
+    cases, problems, dicom = find_cases(input_path, predictor, options)
+    outputs = resolve_outputs(options, dicom)
     inputs = {p.resolve() for c in cases for p in c.files}
     for case in cases:
-        for path in output_paths(case, output_dir, options.save_probabilities):
+        for path in output_paths(case, output_dir, outputs):
             if path.resolve() in inputs:
                 raise AutosegError(f"{path}: the output would overwrite an input scan; choose another output folder")
     cases = share(cases, part)
@@ -143,7 +210,7 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
         _say(problem)
     todo = []
     for case in cases:
-        finished = [*output_paths(case, output_dir, options.save_probabilities),
+        finished = [*output_paths(case, output_dir, outputs),
                     output_dir / f"{case.case_id}{REPORT_SUFFIX}"]
         if options.preview:
             finished.append(output_dir / f"{case.case_id}{PREVIEW_SUFFIX}")
@@ -195,7 +262,7 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
             del future
             collect(workers - 1)  # bounded: at most `workers` finished cases wait in memory
             exporting.append((case, writers.submit(_export, predictor, case, prepared, logits, output_dir,
-                                                   options)))
+                                                   options, outputs)))
             del prepared, logits
             bar.update()
         collect(0)
@@ -212,7 +279,7 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
     return result
 
 
-def _is_finished(case: InputCase, files: list[Path]) -> bool:
+def _is_finished(case, files: list[Path]) -> bool:
     """--continue trusts nothing it did not check: every file present, the report readable, and the label
     map readable to its last byte with the shape the report recorded (a truncated or damaged output is
     predicted again)."""
@@ -223,15 +290,31 @@ def _is_finished(case: InputCase, files: list[Path]) -> bool:
     report_path = next(p for p in files if p.name.endswith(REPORT_SUFFIX))
     try:
         report = load_case_report(report_path)
-        labels, _ = read_image(files[0])
+        if files[0].name.endswith(SEG_SUFFIX):
+            shape = _seg_shape(files[0], report)
+        else:
+            shape = list(read_image(files[0])[0].shape)
     except AutosegError:
         _say(f"{files[0]}: incomplete or damaged output, predicting {case.case_id} again")
         return False
-    if list(labels.shape) != list(report.shape):
-        _say(f"{files[0]}: shape {list(labels.shape)} differs from its report's {report.shape}, predicting "
+    if shape != list(report.shape):
+        _say(f"{files[0]}: shape {shape} differs from its report's {report.shape}, predicting "
              f"{case.case_id} again")
         return False
     return True
+
+
+def _seg_shape(path: Path, report: CaseReport) -> list[int]:
+    """(slices, rows, columns) of a written SEG, read to its last byte (slices: the report's, which the SEG
+    does not hold when frames without a segment are omitted)."""
+    import pydicom
+
+    try:
+        seg = pydicom.dcmread(path)
+        seg.PixelData  # noqa: B018 - the whole file must be there
+        return [report.shape[0], int(seg.Rows), int(seg.Columns)]
+    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on a truncated file
+        raise AutosegError(f"{path}: unreadable ({type(e).__name__})") from None
 
 
 def _all_reports(output_dir: Path) -> list[CaseReport]:
@@ -251,18 +334,22 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _one_line(error: Exception, case: InputCase) -> str:
+def _one_line(error: Exception, case) -> str:
     if isinstance(error, AutosegError):
         return str(error)
     detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{case.files[0]}: prediction failed ({type(error).__name__}{': ' + detail[:200] if detail else ''})"
+    where = case.files[0] if isinstance(case, InputCase) else f"series {case.case_id} ({case.reference.folder})"
+    return f"{where}: prediction failed ({type(error).__name__}{': ' + detail[:200] if detail else ''})"
 
 
-def _export(predictor: Predictor, case: InputCase, prepared: PreparedCase, logits, output_dir: Path,
-            options: PredictOptions) -> None:
-    """Restore, then preview, probabilities and report, and the label map last (it marks the case finished)."""
-    label_path, *extra = output_paths(case, output_dir, options.save_probabilities)
-    files = OutputFiles(label_path, *extra) if extra else OutputFiles(label_path)
+def _export(predictor: Predictor, case, prepared: PreparedCase, logits, output_dir: Path,
+            options: PredictOptions, outputs: Outputs) -> None:
+    """Restore, then preview, probabilities, report and SEG, and the label map last (it marks the case
+    finished; the SEG does when it is written alone)."""
+    label_path = output_dir / f"{case.case_id}{case.ending}" if outputs.label_map else None
+    seg_path = output_dir / f"{case.case_id}{SEG_SUFFIX}" if outputs.dicom_seg else None
+    extra = output_paths(case, output_dir, outputs)[-2:] if outputs.probabilities else []
+    files = OutputFiles(label_path, *extra)
     start = time.perf_counter()
     restored = predictor.restore(prepared, logits, keep_probabilities=options.save_probabilities)
     segmentation = restored.segmentation
@@ -275,6 +362,27 @@ def _export(predictor: Predictor, case: InputCase, prepared: PreparedCase, logit
                       predictor.label_names, case.case_id)
     prepared.timings["restore_s"] = time.perf_counter() - start
     prepared.timings["total_s"] = sum(prepared.timings.values())
-    report = predictor.case_report(prepared, segmentation, case.case_id, str(label_path))
-    write_outputs(restored, files,
-                  before_label_map=lambda: write_case_report(report, output_dir / f"{case.case_id}{REPORT_SUFFIX}"))
+    report = predictor.case_report(prepared, segmentation, case.case_id, str(label_path or ""))
+    if seg_path is not None:
+        report.dicom_seg = str(seg_path)
+        report.source_series = [s.series_uid for s in case.series]
+
+    def report_and_seg():
+        write_case_report(report, output_dir / f"{case.case_id}{REPORT_SUFFIX}")
+        if seg_path is not None:
+            write_case_seg(predictor, case, segmentation, seg_path)
+
+    write_outputs(restored, files, before_label_map=report_and_seg)
+
+
+def write_case_seg(predictor: Predictor, case, segmentation, path: Path) -> None:
+    """The case's label map as a DICOM SEG referencing its (first channel's) series, naming the model."""
+    from autoseg import __version__
+    from autoseg.dicom.seg import Algorithm, write_seg
+
+    models = predictor.models
+    source = Path(models.source)
+    algorithm = Algorithm(name=source.parent.name if source.name == "models" else source.name, version=__version__, package_sha256=models.package_sha256,
+                          description=" + ".join(f"{m.configuration} folds {','.join(m.folds)}" for m in models.models))
+    write_seg(segmentation, case.reference, models.plan.labels, path, algorithm=algorithm,
+              label_codes=models.plan.label_codes)

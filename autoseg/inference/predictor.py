@@ -28,7 +28,7 @@ from autoseg.dataset.image_io import Geometry, file_ending
 from autoseg.dataset.orientation import reorient, reorientation
 from autoseg.dataset.validation import CaseData
 from autoseg.errors import AutosegError
-from autoseg.inference.inputs import InputCase, read_input_case
+from autoseg.inference.inputs import InputCase, read_any_case, read_input_case
 from autoseg.inference.report import CaseReport, InputFile, ModelInfo, label_statistics, sha256_file
 from autoseg.model.device import resolve_device
 from autoseg.model.input_checks import check_scan
@@ -119,23 +119,31 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------ the steps
 
-    def prepare_files(self, case: InputCase) -> PreparedCase:
+    @property
+    def channel_names(self) -> list[str]:
+        names = self.models.plan.channel_names
+        return [names[k] for k in sorted(names, key=int)]
+
+    def prepare_files(self, case) -> PreparedCase:
+        """An InputCase (image files) or a DicomCase read, checked and preprocessed."""
         start = time.perf_counter()
-        data, header = read_input_case(case, self.num_channels)
+        data, header, warnings = read_any_case(case, self.channel_names)
         read_s = time.perf_counter() - start
-        prepared = self.prepare(data, header, case.ending, str(case.files[0]))
+        prepared = self.prepare(data, header, case.ending, str(case.files[0]), warnings=warnings)
         prepared.files = case.files
         prepared.timings["read_s"] = read_s
         return prepared
 
-    def prepare(self, data: CaseData, nifti_header: bytes | None, file_format: str, name: str) -> PreparedCase:
-        """Input checks, then preprocessing for every model (and cascade first stage)."""
+    def prepare(self, data: CaseData, nifti_header: bytes | None, file_format: str, name: str, *,
+                warnings: list[str] = ()) -> PreparedCase:
+        """Input checks (`warnings`: the reader's own), then preprocessing for every model (and cascade first
+        stage)."""
         start = time.perf_counter()
-        warnings: list[str] = []
+        warnings = list(warnings)
         if self.models.training_summary is not None:
             moved = reorientation(data.geometry.direction, self.models.plan.orientation)
             spacing = [data.geometry.spacing[a] for a in moved.permutation]
-            warnings = check_scan(reorient(data.image, moved), spacing, self.models.training_summary, name=name)
+            warnings += check_scan(reorient(data.image, moved), spacing, self.models.training_summary, name=name)
         if warnings and self.strict:
             more = f" (and {len(warnings) - 1} more warning(s))" if len(warnings) > 1 else ""
             raise AutosegError(f"{warnings[0]}{more}; refused under --strict")
@@ -185,9 +193,8 @@ class Predictor:
     def case_report(self, prepared: PreparedCase, segmentation: np.ndarray, case_id: str,
                     output: str) -> CaseReport:
         plan = self.models.plan
-        channel_names = [plan.channel_names[k] for k in sorted(plan.channel_names, key=int)]
         spacing = list(prepared.data.geometry.spacing)
-        labels = label_statistics(segmentation, prepared.data.image, spacing, plan.labels, channel_names)
+        labels = label_statistics(segmentation, prepared.data.image, spacing, plan.labels, self.channel_names)
         model_info = ModelInfo(source=self.models.source, package_sha256=self.models.package_sha256,
                                configurations=[m.configuration for m in self.models.models],
                                folds=list(self.models.models[0].folds), mirroring=self.settings.mirror,

@@ -88,6 +88,8 @@ class CaseReport:
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     output: str = ""  # the label map written, "" when none was
+    dicom_seg: str = ""  # the DICOM SEG written, "" when none was
+    source_series: list[str] = field(default_factory=list)  # SeriesInstanceUIDs read (DICOM input), per channel
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -177,6 +179,13 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _inputs_cell(report: CaseReport) -> str:
+    # a DICOM series is hundreds of files: the CSV names the series, the JSON report keeps every file
+    if report.source_series:
+        return f"{CSV_JOIN.join(f'series {uid}' for uid in report.source_series)} ({len(report.inputs)} files)"
+    return CSV_JOIN.join(f.path for f in report.inputs)
+
+
 def write_predictions_csv(reports: list[CaseReport], path: str | os.PathLike) -> None:
     """One row per case, atomically. Label columns are the union over all reports, ordered by label
     value (then name) rather than by which case happened to come first, so the same labels always
@@ -199,7 +208,7 @@ def write_predictions_csv(reports: list[CaseReport], path: str | os.PathLike) ->
         for name in names:
             s = by_name.get(name)
             row += [_cell(s.voxels), _cell(s.volume_ml), _cell(s.components)] if s else ["", "", ""]
-        row += [CSV_JOIN.join(report.warnings), CSV_JOIN.join(f.path for f in report.inputs),
+        row += [CSV_JOIN.join(report.warnings), _inputs_cell(report),
                 report.model.package_sha256 or "", _cell(_total_time(report))]
         writer.writerow(row)
     write_text_atomic(Path(path), buffer.getvalue())

@@ -95,7 +95,7 @@ def ensemble_labels(probabilities: np.ndarray, label_values) -> np.ndarray:
 class OutputFiles:
     """Where one case's outputs go; None: not written."""
 
-    label_map: Path
+    label_map: Path | None  # None: no label map file (a DICOM SEG alone)
     probabilities: Path | None = None  # .npz, restored to the scan's grid
     entropy: Path | None = None
     half_probabilities: bool = False  # float16 .npz: half the disk, enough to average and argmax
@@ -146,7 +146,8 @@ def write_outputs(restored: Restored, files: OutputFiles, *, before_label_map=No
         write_like_source(normalized_entropy(restored.probabilities), restored.props, files.entropy)
     if before_label_map is not None:
         before_label_map()
-    write_like_source(restored.segmentation, restored.props, files.label_map)
+    if files.label_map is not None:
+        write_like_source(restored.segmentation, restored.props, files.label_map)
 
 
 def restore_and_write(members: list[tuple[np.ndarray, CaseProperties, Plan]], files: OutputFiles | None, *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from autoseg.dataset.label_codes import LabelCode
 from autoseg.errors import AutosegError
 from autoseg.jsonio import load_versioned, write_json_atomic
 
@@ -88,6 +89,7 @@ class Plan:
     normalization: list[ChannelNormalization]
     resampling: Resampling
     configurations: dict[str, Configuration] = field(default_factory=dict)
+    label_codes: dict[str, LabelCode] = field(default_factory=dict)  # dataset.json's, for DICOM SEG segments
 
 
 def save_plan(plan: Plan, path) -> None:

@@ -142,4 +142,5 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
         original_median_spacing=[float(s) for s in np.median(spacings, axis=0)[forward]],
         original_median_shape=[float(s) for s in np.median(shapes, axis=0)[forward]],
         channel_names=dict(fingerprint.channel_names), labels=dict(fingerprint.labels),
-        normalization=plan_normalization(fingerprint), resampling=Resampling(), configurations=chosen)
+        normalization=plan_normalization(fingerprint), resampling=Resampling(), configurations=chosen,
+        label_codes=dict(fingerprint.label_codes))

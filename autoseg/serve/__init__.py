@@ -7,10 +7,12 @@ Endpoints
 ---------
 POST /predict   multipart/form-data, field `file`: one scan, `.nii.gz` or `.nii` (3D; 4D for a
                 multi-channel model), or a `.zip` of one case's channel files `{case}_0000.nii.gz`,
-                `{case}_0001.nii.gz`, ... (recognised by content, not by name).
+                `{case}_0001.nii.gz`, ... (recognised by content, not by name), or a `.zip` of the files
+                of one DICOM series (one-channel models, with the dicom extra installed: docs/dicom.md).
                 200: the label map itself, in the scan's format and with the scan's header: the same
                 bytes `autoseg predict` writes for that scan (`application/gzip` for .nii.gz,
-                `Content-Disposition: attachment; filename="{case}.nii.gz"`).
+                `Content-Disposition: attachment; filename="{case}.nii.gz"`). For a DICOM series: the
+                DICOM SEG `autoseg predict` writes for it (`application/dicom`, "{case}.seg.dcm").
                 `?report=true`: 200 JSON instead: {"case_id", "filename", "report": the case report
                 (as `{case}_report.json` of autoseg predict), "label_map": the label map file, base64}.
 

@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 from autoseg import __version__
 from autoseg.errors import AutosegError
 from autoseg.inference.predictor import Predictor
+from autoseg.inference.predict import write_case_seg
 from autoseg.inference.report import InputFile
 from autoseg.jsonio import json_safe, to_dict
 from autoseg.model.prediction import OutputFiles
@@ -45,7 +46,13 @@ from autoseg.serve.uploads import DRAIN_BYTES, Problem, UploadedCase, drain, ope
 
 EMA_WEIGHT = 0.3  # weight of the newest network time in the running estimate behind Retry-After
 MAX_RETRY_AFTER_S = 3600
-MEDIA_TYPES = {".nii.gz": "application/gzip"}
+try:  # a zip of a DICOM series is answered with a DICOM SEG where the dicom extra is installed
+    import highdicom  # noqa: F401
+    import pydicom  # noqa: F401
+    DICOM_SERVED = True
+except ImportError:
+    DICOM_SERVED = False
+MEDIA_TYPES = {".nii.gz": "application/gzip", ".seg.dcm": "application/dicom"}
 
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
@@ -285,7 +292,8 @@ async def _process(state: ServiceState, job: Job, upload, report: bool) -> Resul
     uploaded: UploadedCase | None = None
     try:
         uploaded = await loop.run_in_executor(state.prepare_pool, _stage, job, open_upload, upload, job.work,
-                                              predictor.num_channels, options.max_unpacked_bytes)
+                                              predictor.num_channels, options.max_unpacked_bytes,
+                                              predictor.channel_names if DICOM_SERVED else None)
         prepared = await loop.run_in_executor(state.prepare_pool, _stage, job, predictor.prepare_files,
                                               uploaded.case)
         logits = await loop.run_in_executor(state.network_pool, _stage, job, predictor.infer, prepared)
@@ -307,7 +315,11 @@ def _export(predictor: Predictor, uploaded: UploadedCase, prepared, logits, work
     out = work / "out"
     out.mkdir()
     path = out / uploaded.label_name
-    segmentation, _ = predictor.finish(prepared, logits, OutputFiles(path), report=False)
+    if uploaded.kind == "dicom":  # the label map autoseg predict writes, as the SEG it writes
+        segmentation, _ = predictor.finish(prepared, logits, None, report=False)
+        write_case_seg(predictor, uploaded.case, segmentation, path)
+    else:
+        segmentation, _ = predictor.finish(prepared, logits, OutputFiles(path), report=False)
     del logits
     body = path.read_bytes()
     media_type = MEDIA_TYPES.get(uploaded.ending, "application/octet-stream")
@@ -316,6 +328,9 @@ def _export(predictor: Predictor, uploaded: UploadedCase, prepared, logits, work
         return Result(body, media_type, uploaded.label_name, network_s)
     prepared.timings["total_s"] = sum(prepared.timings.values())
     case_report = predictor.case_report(prepared, segmentation, uploaded.case.case_id, uploaded.label_name)
+    if uploaded.kind == "dicom":
+        case_report.output, case_report.dicom_seg = "", uploaded.label_name
+        case_report.source_series = [s.series_uid for s in uploaded.case.series]
     case_report.inputs = [InputFile(uploaded.show(f.path), f.sha256) for f in case_report.inputs]
     case_report.warnings = [uploaded.show(w) for w in case_report.warnings]
     document = {"case_id": uploaded.case.case_id, "filename": uploaded.label_name,

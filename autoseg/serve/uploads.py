@@ -19,7 +19,7 @@ from autoseg.inference.inputs import InputCase, find_input_cases
 FIELD = "file"
 DRAIN_BYTES = 8 * 1024 * 1024  # read (and drop) up to this much of a refused body, so the client sees the answer
 DRAIN_S = 3.0  # ... for at most this long
-MAX_ZIP_MEMBERS = 64
+MAX_ZIP_MEMBERS = 4096  # one case: a few channel files, or the slices of one DICOM series
 MAX_NAME = 120
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a file, or an empty archive
@@ -47,7 +47,7 @@ class Upload:
 @dataclass
 class UploadedCase:
     case: InputCase
-    kind: str  # "nifti" or "zip"
+    kind: str  # "nifti", "zip" or "dicom" (a zip of one DICOM series; answered with a DICOM SEG)
     label_name: str  # the label map's file name: {case}{ending}
     ending: str
     shown: dict[str, str] = field(default_factory=dict)  # server path prefix -> what messages show instead
@@ -196,8 +196,10 @@ def _with_ending(name: str, ending: str) -> str:
     return (stem or "upload") + ending
 
 
-def open_upload(upload: Upload, work: Path, num_channels: int, max_unpacked: int) -> UploadedCase:
-    """The upload as one case: a NIfTI file as is, a zip unpacked into work/in/ (one case's channel files)."""
+def open_upload(upload: Upload, work: Path, num_channels: int, max_unpacked: int,
+                channel_names: list[str] | None = None) -> UploadedCase:
+    """The upload as one case: a NIfTI file as is, a zip unpacked into work/in/ (one case's channel files, or
+    the files of one DICOM series when `channel_names` are given and the dicom extra is installed)."""
     kind = sniff(upload.path)
     if kind is None:
         raise Problem(400, f"{upload.filename}: not a NIfTI image (.nii, .nii.gz) or a .zip of channel files")
@@ -207,11 +209,14 @@ def open_upload(upload: Upload, work: Path, num_channels: int, max_unpacked: int
         shown_zip = upload.filename if upload.filename.lower().endswith(".zip") else _with_ending(upload.filename,
                                                                                                  ".zip")
         unzip(upload.path, inputs, shown_zip, max_unpacked)
-        shown = {str(inputs) + "/": f"{shown_zip}/", str(work) + "/": ""}
+        shown = {str(inputs) + "/": f"{shown_zip}/", str(inputs): shown_zip, str(work) + "/": ""}
         try:
             cases, problems = find_input_cases(inputs, num_channels)
         except AutosegError:
-            raise Problem(400, f"{shown_zip}: holds no image files this tool reads (.nii.gz, .nii, ...)") from None
+            if channel_names is not None and _holds_dicom(inputs):
+                return _dicom_upload(inputs, channel_names, shown_zip, shown)
+            raise Problem(400, f"{shown_zip}: holds no image files this tool reads (.nii.gz, .nii, ..., or one "
+                               f"DICOM series)") from None
         if problems:
             raise Problem(400, _show(next(iter(problems.values())), shown))
         if len(cases) != 1:
@@ -231,6 +236,30 @@ def open_upload(upload: Upload, work: Path, num_channels: int, max_unpacked: int
         case = find_input_cases(path, num_channels)[0][0]
     ending = case.ending
     return UploadedCase(case, "zip" if kind == ".zip" else "nifti", f"{case.case_id}{ending}", ending, shown)
+
+
+def _holds_dicom(folder: Path) -> bool:
+    from autoseg.dicom.series import holds_dicom
+
+    return holds_dicom(folder)
+
+
+def _dicom_upload(inputs: Path, channel_names: list[str], shown_zip: str, shown: dict[str, str]) -> UploadedCase:
+    from autoseg.dicom.series import dicom_cases, find_series
+
+    if len(channel_names) > 1:
+        raise Problem(400, f"{shown_zip}: DICOM for a {len(channel_names)}-channel model is not served; use "
+                           f"autoseg predict --channel-series")
+    try:
+        cases, problems = dicom_cases(find_series(inputs), channel_names)
+    except AutosegError as e:
+        raise Problem(400, _show(str(e), shown)) from None
+    if problems:
+        raise Problem(400, _show(next(iter(problems.values())), shown))
+    if len(cases) != 1:
+        raise Problem(400, f"{shown_zip}: holds {len(cases)} DICOM series; send one series per request")
+    case = cases[0]
+    return UploadedCase(case, "dicom", f"{case.case_id}.seg.dcm", ".seg.dcm", shown)
 
 
 def _show(text: str, shown: dict[str, str]) -> str:
@@ -275,7 +304,8 @@ def unzip(archive: Path, dest: Path, shown: str, max_bytes: int) -> None:
                     continue
                 members.append(info)
             if len(members) > MAX_ZIP_MEMBERS:
-                raise Problem(400, f"{shown}: {len(members)} files; at most {MAX_ZIP_MEMBERS} (one case's channels)")
+                raise Problem(400, f"{shown}: {len(members)} files; at most {MAX_ZIP_MEMBERS} (one case's channels "
+                                   f"or one DICOM series)")
             if sum(i.file_size for i in members) > max_bytes:
                 raise Problem(413, f"{shown}: unpacks to more than this server's limit of "
                                    f"{max_bytes / 1024 ** 3:.2f} GiB")

@@ -177,7 +177,7 @@ def choose_recipe(request: RecipeRequest, config: Configuration, step_time: Step
         raise AutosegError("--recipe budget needs a --time-budget (it fits the network to the time)")
     if name == "auto":
         if request.time_budget_s is None:
-            name, reason = "standard", "auto: no time budget, so nnU-Net's schedule"
+            name, reason = "standard", "auto: no time budget, so nnU-Net's schedule; "
         else:
             name, reason = _auto(request, config, measured, memory)
     recipe = (standard_recipe(request, config, measured, memory) if name == "standard"
