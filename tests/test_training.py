@@ -208,6 +208,41 @@ def test_killed_run_resumes_to_the_same_state_as_an_uninterrupted_one(planned, t
     assert [json.loads(x)["lr"] for x in lines_a] == [json.loads(x)["lr"] for x in lines_b]
 
 
+def test_a_finished_run_trains_longer_on_the_longer_schedule(planned, tmp_path):
+    """--epochs 1 -> 3 after the run finished: two more epochs from the final checkpoint, the learning rate of
+    a run planned for 3 epochs from there on (docs/training.md, "Training longer")."""
+    args = ["--iterations-per-epoch", "4", "--no-validation", *FAST]
+    straight = _copy(planned, tmp_path / "a")
+    run_autoseg("train", straight, "--epochs", "3", *args)
+    longer = _copy(planned, tmp_path / "b")
+    run_autoseg("train", longer, "--epochs", "1", *args)
+    folder = longer / "models/3d_fullres/fold_0"
+    first_lr = json.loads((folder / "metrics.jsonl").read_text())["lr"]
+    assert first_lr == pytest.approx(poly_lr(0.01, 3 / 4))  # the 1-epoch schedule: last step at 3 of 4
+    run_autoseg("train", longer, "--epochs", "3", *args)
+    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(x) for x in (straight / "models/3d_fullres/fold_0/metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert [m["lr"] for m in metrics[1:]] == pytest.approx([m["lr"] for m in reference[1:]])
+    assert metrics[1]["lr"] == pytest.approx(poly_lr(0.01, 7 / 12))
+    assert _final_state(folder)["state"]["iteration"] == 12
+    assert json.loads((folder / "options.json").read_text())["epochs"] == 3
+    assert "training longer (epochs: 1 -> 3)" in (folder / "training.log").read_text()
+
+
+def test_a_larger_time_budget_continues_a_finished_budget_run(planned, tmp_path):
+    out = _copy(planned, tmp_path)
+    args = ["--recipe", "standard", "--iterations-per-epoch", "5", "--no-validation", *FAST]
+    run_autoseg("train", out, "--time-budget", "3s", *args)
+    folder = out / "models/3d_fullres/fold_0"
+    before = _final_state(folder)["state"]
+    run_autoseg("train", out, "--time-budget", "6s", *args)
+    after = _final_state(folder)["state"]
+    assert after["iteration"] > before["iteration"] and 5.0 <= after["train_seconds"] <= 7.0
+    proc = run_autoseg("train", out, "--time-budget", "4s", *args, check=False)
+    assert proc.returncode == 1 and "time_budget_s: 6.0 -> 4.0 (it can only grow)" in proc.stderr
+
+
 def test_batches_depend_only_on_their_index(planned):
     folder = planned / "preprocessed" / "3d_fullres"
     ids = sorted(p.stem for p in folder.glob("*.json"))
@@ -230,9 +265,14 @@ def test_cli_errors_are_one_line(planned, tmp_path):
     assert proc.returncode == 1 and "fold 7 does not exist" in proc.stderr
     proc = run_autoseg("train", out, "--config", "3d_lowres", *FAST, check=False)
     assert proc.returncode == 1 and "no configuration 3d_lowres" in proc.stderr
-    run_autoseg("train", out, "--epochs", "1", "--iterations-per-epoch", "1", "--no-validation", *FAST)
-    proc = run_autoseg("train", out, "--epochs", "2", "--iterations-per-epoch", "1", *FAST, check=False)
-    assert proc.returncode == 1 and "epochs: 1 -> 2" in proc.stderr and proc.stderr.count("\n") == 1
+    run_autoseg("train", out, "--epochs", "2", "--iterations-per-epoch", "1", "--no-validation", *FAST)
+    for changed, words in ((["--epochs", "1"], "epochs: 2 -> 1 (it can only grow)"),
+                           (["--epochs", "2", "--batch-size", "3"], "batch_size: None -> 3"),
+                           (["--time-budget", "1m"], "time_budget_s: None -> 60.0")):
+        proc = run_autoseg("train", out, "--iterations-per-epoch", "1", "--no-validation", *changed, *FAST,
+                           check=False)
+        assert proc.returncode == 1 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert "only --epochs or --time-budget may grow" in proc.stderr
     proc = run_autoseg("train", out, "--time-budget", "soon", *FAST, check=False)
     assert proc.returncode == 2 and "not a duration" in proc.stderr
 

@@ -151,10 +151,11 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
     if checkpoint_path is not None:
         checkpoint = load_checkpoint(checkpoint_path)
         saved = from_dict(TrainOptions, checkpoint["options"])
-        changed = saved.differences(options)
-        if changed:
-            raise AutosegError(f"{checkpoint_path}: this run was started with other options ({'; '.join(changed)}); "
-                               f"rerun with the same options, or train into another folder")
+        grows, refused = saved.continuation(options)
+        if refused:
+            raise AutosegError(f"{checkpoint_path}: this run was started with other options ({'; '.join(refused)}); "
+                               f"only --epochs or --time-budget may grow when a run continues: rerun with the same "
+                               f"options, or train into another folder")
         network.load_state_dict(checkpoint["network"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["grad_scaler"])
@@ -165,6 +166,11 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
             rewrite_metrics(model_dir, metrics)
         say(f"resuming {configuration} fold {fold} from {checkpoint_path.name} at epoch {state.epoch}, "
             f"iteration {state.iteration}")
+        if grows:
+            if ranks.is_main:
+                write_json_atomic(model_dir / "options.json", options)
+            say(f"training longer ({'; '.join(grows)}): the learning rate follows the longer schedule from "
+                f"here, as if the run had been planned this long (docs/training.md)")
     else:
         metrics = []
         if ranks.is_main:

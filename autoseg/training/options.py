@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+LENGTH_OPTIONS = ("epochs", "time_budget_s")  # the options a finished or running run may grow
+
+
 @dataclass
 class TrainOptions:
     """None leaves a value to the recipe (autoseg.training.recipe), which records what it chose."""
@@ -32,3 +35,23 @@ class TrainOptions:
         machine has free now."""
         a, b = asdict(self), asdict(other)
         return [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] != b[k] and k != "memory_limit_gb"]
+
+    def continuation(self, other: "TrainOptions") -> tuple[list[str], list[str]]:
+        """(what grows, what may not change) when a run started with these options continues with `other`.
+
+        Only the length may grow: more epochs, or a longer time budget (docs/training.md, "Training
+        longer"); the run then follows the longer schedule from where it is. Everything else, a shorter
+        schedule, or switching between epochs and a time budget would make the saved state mean something
+        else, and is refused."""
+        grows, refused = [], []
+        for change in self.differences(other):
+            key = change.split(":", 1)[0]
+            old, new = getattr(self, key), getattr(other, key)
+            budget_run = self.time_budget_s is not None
+            if key == "epochs" and budget_run:
+                continue  # a budget run's length is its budget; --epochs plays no part
+            if key in LENGTH_OPTIONS and old is not None and new is not None and (key == "epochs") != budget_run:
+                (grows if new > old else refused).append(change + ("" if new > old else " (it can only grow)"))
+            else:
+                refused.append(change)
+        return grows, refused
