@@ -314,3 +314,41 @@ def test_two_process_gloo_ddp_run(planned, tmp_path):
     assert state["state"]["iteration"] == 6
     assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped, loadable without DDP
     assert (folder / "validation" / "summary.json").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_groups_on_loopback_train_and_resume(planned, tmp_path):
+    """torchrun --nnodes 2 as two node groups of one process each on this machine (gloo over loopback), sharing
+    the output folder as nodes share a file system; then the finished run trained longer on both nodes, which
+    resumes from rank 0's checkpoint."""
+    out = _copy(planned, tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+
+    def on_two_nodes(epochs: int) -> None:
+        port = _free_port()
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                  "--master_addr=127.0.0.1", f"--master_port={port}"]
+        train = ["-m", "autoseg", "train", str(out), "--epochs", str(epochs), "--iterations-per-epoch", "3",
+                 "--device", "cpu", "--no-validation", *FAST]
+        nodes = [subprocess.Popen([*launch, f"--node_rank={k}", *train], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+        for node in nodes:
+            stdout, stderr = node.communicate(timeout=300)
+            assert node.returncode == 0, stdout[-2000:] + stderr[-3000:]
+
+    on_two_nodes(1)
+    on_two_nodes(2)
+    folder = out / "models/3d_fullres/fold_0"
+    log = (folder / "training.log").read_text()
+    assert log.count("2 processes") == 1 and "resuming 3d_fullres fold 0 from checkpoint_final.pt" in log, log
+    assert "training longer (epochs: 1 -> 2)" in log
+    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert _final_state(folder)["state"]["iteration"] == 6
