@@ -35,6 +35,11 @@ def _cmd_plan(args) -> int:
     result = plan_dataset(args.dataset_dir, args.output, args.fingerprint, args.workers, args.gpu_memory,
                           tuple(args.configs), progress=not args.quiet)
     print(describe_plan(result.plan))
+    report = result.report
+    print(f"dataset report: {len(report.findings)} finding(s), {len(report.flagged_cases)} case(s) flagged "
+          f"(informational) -> {result.report_path}, {result.overview_path}")
+    for finding in report.findings:
+        print(f"  {finding.message}")
     print(f"wrote {result.fingerprint_path} and {result.plan_path}")
     if args.preprocess:
         return _report_preprocess(args, result.output_dir, None, force=False)

@@ -27,6 +27,7 @@ lowers these variances, so the bounds hold for any dataset.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -61,6 +62,17 @@ class CaseFingerprint:
     shape_after_crop: list[int]
     nonzero_bbox: list[list[int]]  # [start, stop) per axis of the region where any channel is nonzero
     relative_size_after_crop: float
+    quality: CaseQuality | None = None  # what the dataset report checks (autoseg.quality); None in old fingerprints
+
+
+@dataclass
+class CaseQuality:
+    """Per-case measurements for the dataset report, taken while the case is read anyway."""
+
+    intensity_range: list[list[float]]  # per channel: [0.5th, 99.5th percentile] of the voxels
+    label_voxels: dict[str, int]  # foreground label value (as a string) -> voxels
+    label_outside_image: int  # foreground voxels where every channel is 0 (a misaligned label, or a cropped scan)
+    image_sha1: str  # of the voxel values and the grid, for exact duplicates
 
 
 @dataclass
@@ -171,8 +183,29 @@ def _fingerprint_case(task: tuple[Dataset, Case, int]):
     samples = foreground_samples(data.image[(slice(None),) + crop], data.label[crop], cap, case.case_id)
     fp = CaseFingerprint(case.case_id, orientation_code(data.geometry.direction), list(data.geometry.spacing),
                          shape_before, shape_after, bbox,
-                         float(np.prod(shape_after) / np.prod(shape_before)))
+                         float(np.prod(shape_after) / np.prod(shape_before)), case_quality(data.image, data.label))
     return fp, samples, []
+
+
+def case_quality(image: np.ndarray, label: np.ndarray) -> CaseQuality:
+    """(C, z, y, x) image and (z, y, x) label -> the dataset report's measurements of one case."""
+    every = max(1, image[0].size // 1_000_000)  # a strided million voxels bound the percentile's cost
+    ranges = [[float(v) for v in np.percentile(channel.ravel()[::every], [0.5, 99.5])] for channel in image]
+    counts = np.bincount(label.ravel()) if label.dtype.kind in "ui" and label.min() >= 0 else None
+    if counts is None:  # labels are checked to be integers >= 0 before this; a fallback, not a path
+        values, found = np.unique(label, return_counts=True)
+        counts = np.zeros(int(values.max()) + 1, np.int64)
+        counts[values.astype(np.int64)] = found
+    label_voxels = {str(v): int(c) for v, c in enumerate(counts) if v != 0 and c > 0}
+    outside = 0
+    if label_voxels:
+        foreground = label > 0
+        outside = int(np.count_nonzero(~np.any(image[:, foreground] != 0, axis=0)))
+    # exact duplicates: CRC-32 of every byte (fast), with the SHA-1 of a strided sample and the shape
+    contiguous = np.ascontiguousarray(image)
+    digest = hashlib.sha1(contiguous.ravel()[::every].tobytes())
+    digest.update(f"{image.shape} {zlib.crc32(memoryview(contiguous).cast('B')):08x}".encode())
+    return CaseQuality(ranges, label_voxels, outside, digest.hexdigest())
 
 
 def in_orientation(case: CaseFingerprint, target: str) -> CaseFingerprint:
@@ -181,7 +214,7 @@ def in_orientation(case: CaseFingerprint, target: str) -> CaseFingerprint:
     return CaseFingerprint(case.case_id, case.orientation, [case.spacing[a] for a in r.permutation],
                            reoriented_shape(case.shape_before_crop, r), reoriented_shape(case.shape_after_crop, r),
                            reoriented_bbox(case.nonzero_bbox, case.shape_before_crop, r),
-                           case.relative_size_after_crop)
+                           case.relative_size_after_crop, case.quality)
 
 
 def _pool_stats(samples: list[np.ndarray]) -> IntensityStats:

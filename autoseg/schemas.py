@@ -16,6 +16,7 @@ from autoseg.inference.report import CaseReport
 from autoseg.jsonio import json_schema, write_text_atomic
 from autoseg.planning.plan_types import Plan
 from autoseg.postprocessing import Postprocessing
+from autoseg.quality import DatasetReport
 from autoseg.preprocessing.properties import CaseProperties
 from autoseg.training.recipe import Recipe
 
@@ -24,7 +25,8 @@ SCHEMA_FILES = {"schema.json": (Plan, "autoseg plan.json"),
                 "properties.schema.json": (CaseProperties, "autoseg preprocessed case properties"),
                 "postprocessing.schema.json": (Postprocessing, "autoseg postprocessing.json"),
                 "case_report.schema.json": (CaseReport, "autoseg per-case prediction report"),
-                "recipe.schema.json": (Recipe, "autoseg training recipe.json")}
+                "recipe.schema.json": (Recipe, "autoseg training recipe.json"),
+                "dataset_report.schema.json": (DatasetReport, "autoseg dataset_report.json")}
 
 
 def schemas() -> dict[str, dict]:

@@ -4,6 +4,7 @@ benchmarks/reference_plans.py ran nnU-Net v2's planner on each fingerprint and s
 plans; here autoseg re-plans each fingerprint and must (a) reproduce its committed plan and
 (b) make the same decisions as nnU-Net, except the documented cap of 6 pools per axis.
 """
+import dataclasses
 import json
 import sys
 
@@ -62,5 +63,7 @@ def test_large_ct_slices_plan_six_pools_in_2d():
 def test_hippocampus_fingerprint_matches_committed_reference(hippocampus_dir):
     committed = load_fingerprint(REFERENCE / "fingerprints" / "Dataset004_Hippocampus.json")
     fresh = compute_fingerprint(hippocampus_dir, progress=False)
-    assert fresh.cases == committed.cases
+    # the dataset report's measurements came later than the committed reference: compared without them
+    assert all(c.quality is not None for c in fresh.cases)
+    assert [dataclasses.replace(c, quality=None) for c in fresh.cases] == committed.cases
     assert fresh.foreground_intensity == committed.foreground_intensity

@@ -9,6 +9,7 @@ from autoseg.fingerprint import compute_fingerprint, load_fingerprint, save_fing
 from autoseg.output_location import check_output_dir
 from autoseg.planning.plan_types import CONFIGURATION_NAMES, Plan, save_plan
 from autoseg.planning.planner import plan_experiment
+from autoseg.quality import DatasetReport, dataset_report, write_dataset_report
 
 FINGERPRINT_FILE = "fingerprint.json"
 PLAN_FILE = "plan.json"
@@ -26,6 +27,9 @@ class PlanResult:
     fingerprint_path: Path
     plan_path: Path
     plan: Plan
+    report: DatasetReport | None = None  # cases worth a look (autoseg.quality), written beside the plan
+    report_path: Path | None = None
+    overview_path: Path | None = None
 
 
 def plan_dataset(dataset_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
@@ -58,7 +62,9 @@ def plan_dataset(dataset_dir: str | os.PathLike | None = None, output_dir: str |
         save_fingerprint(fingerprint, out_fingerprint)
     plan_path = output_dir / PLAN_FILE
     save_plan(plan, plan_path)
-    return PlanResult(output_dir, out_fingerprint, plan_path, plan)
+    report = dataset_report(fingerprint)
+    report_path, overview_path = write_dataset_report(report, fingerprint, output_dir)
+    return PlanResult(output_dir, out_fingerprint, plan_path, plan, report, report_path, overview_path)
 
 
 def describe_plan(plan: Plan) -> str:
