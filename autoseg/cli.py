@@ -91,7 +91,8 @@ def _cmd_train(args) -> int:
                            recipe=args.recipe, width=args.width, augmentation=args.augmentation,
                            optimizer=args.optimizer,
                            initial_lr=args.lr, warmup=args.warmup, batch_size=args.batch_size, seed=args.seed,
-                           precision=args.precision, memory_limit_gb=args.memory_limit)
+                           precision=args.precision, memory_limit_gb=args.memory_limit,
+                           tensorboard=args.tensorboard)
     result = train(args.output_dir, args.fold, args.config, options, args.device, args.workers, args.resume,
                    progress=not args.quiet, validate=not args.no_validation,
                    checkpoint_every_s=args.checkpoint_every)
@@ -266,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "standard: 0)")
     tr.add_argument("--batch-size", type=_positive_int, default=None,
                     help="batch size (default: the recipe's; standard: the plan's)")
+    tr.add_argument("--tensorboard", action="store_true",
+                    help="also log each epoch (metrics, a validation slice) to fold_k/tensorboard/ "
+                         "(pip install 'autoseg[tensorboard]'; tensorboard --logdir OUTPUT_DIR/models)")
     tr.add_argument("--memory-limit", type=_positive_float, default=None, metavar="GB",
                     help="memory the run may take on a CPU (default: what the machine has free); the recipe fits "
                          "its network, batch and patch to it and keeps freed memory only where there is room")

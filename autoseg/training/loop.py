@@ -42,6 +42,7 @@ from autoseg.training.recipe import (FORWARD_SHARE, MEMORY_SHARE, RECIPE_FILE, M
 from autoseg.training.schedule import poly_lr
 from autoseg.training.step import estimate_step_memory, make_optimizer, time_training_step, train_step
 from autoseg.training.splits import fold_cases, load_or_create_splits
+from autoseg.training.tracking import make_tracker
 from autoseg.training.validation import SUMMARY, validate_fold
 
 EMA_DECAY = 0.9
@@ -312,6 +313,7 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
     clock = BudgetClock(options.time_budget_s, state.train_seconds)
     last_save = time.monotonic()
     tail_s = None  # what the last epoch's validation patches and bookkeeping took
+    tracker = make_tracker(options.tensorboard, model_dir, ranks.is_main)  # flushed every epoch
     while not _finished(state, options):
         epoch_start = time.monotonic()
         network.train()
@@ -336,8 +338,8 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
                 break
         iterations_time = time.monotonic() - epoch_start
         tail_start = time.monotonic()
-        val_loss, dice = _validation_pass(network, val_batches, val_iterations, device, len(plan.labels),
-                                          config.batch_dice, amp_dtype, ranks)
+        val_loss, dice, example = _validation_pass(network, val_batches, val_iterations, device, len(plan.labels),
+                                                   config.batch_dice, amp_dtype, ranks)
         state.epoch += 1
         mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else None
         if mean_dice is not None:
@@ -360,6 +362,7 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
         if ranks.is_main:
             append_metrics(model_dir, line)
             plot_progress(model_dir, metrics)
+            tracker.log_epoch(line, example)
             say(f"epoch {state.epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, pseudo-Dice "
                 f"{_fmt(mean_dice)} (moving average {_fmt(state.ema)}), lr {lr:.2e}, {line['epoch_time_s']:.1f} s"
                 + ("" if clock.remaining is None else f", {_minutes(clock.remaining)} of the budget left"))
@@ -370,6 +373,7 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
                 save_checkpoint(model_dir / LATEST, checkpoint_state())
                 last_save = time.monotonic()
         tail_s = distributed.broadcast_float(time.monotonic() - tail_start, ranks)
+    tracker.close()
 
 
 def _minutes(seconds: float) -> str:
@@ -378,12 +382,14 @@ def _minutes(seconds: float) -> str:
 
 @torch.inference_mode()
 def _validation_pass(network, batches, iterations: int, device, num_classes: int, batch_dice: bool,
-                     amp_dtype, ranks) -> tuple[float, np.ndarray]:
+                     amp_dtype, ranks) -> tuple[float, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Loss and pseudo-Dice per foreground class over `iterations` unaugmented validation patches
-    (true/false positives and false negatives summed over all of them, and over ranks)."""
+    (true/false positives and false negatives summed over all of them, and over ranks), and the first
+    patch's middle slice (image channel 0, reference, prediction) for tracking."""
     network.eval()
     counts = torch.zeros(3, num_classes - 1, dtype=torch.float64)
     loss_sum = 0.0
+    example = None
     for _ in range(iterations):
         batch = next(batches)
         data, target = batch["data"].to(device), batch["target"].to(device)
@@ -391,6 +397,10 @@ def _validation_pass(network, batches, iterations: int, device, num_classes: int
             logits = network(data)
         loss_sum += float(dice_ce_loss(logits, target, batch_dice))
         prediction = logits.argmax(1)
+        if example is None:  # the first patch; its middle slice along z in 3D
+            first = (0, data.shape[2] // 2) if data.ndim == 5 else (0,)
+            example = (data[0, 0][first[1:]].float().cpu().numpy(), target[first].cpu().numpy(),
+                       prediction[first].cpu().numpy())
         valid = target >= 0
         for c in range(1, num_classes):
             p, r = (prediction == c) & valid, target == c
@@ -402,7 +412,7 @@ def _validation_pass(network, batches, iterations: int, device, num_classes: int
     tp, fp, fn = counts.numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
         dice = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-    return loss, dice
+    return loss, dice, example
 
 
 def _fmt(value) -> str:

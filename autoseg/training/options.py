@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
-LENGTH_OPTIONS = ("epochs", "time_budget_s")  # the options a finished or running run may grow
+LENGTH_OPTIONS = ("epochs", "time_budget_s")
+NOT_THE_RUN = ("memory_limit_gb", "tensorboard")  # may differ when a run continues  # the options a finished or running run may grow
 
 
 @dataclass
@@ -29,12 +30,13 @@ class TrainOptions:
     seed: int = 0
     precision: str = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with native bfloat16, else fp32
     memory_limit_gb: float | None = None  # what a CPU run may take (None: the machine's available memory)
+    tensorboard: bool = False  # also log each epoch to fold_k/tensorboard/ (autoseg.training.tracking)
 
     def differences(self, other: "TrainOptions") -> list[str]:
-        """Options that differ, except the memory limit: a resumed run keeps its recipe.json whatever the
-        machine has free now."""
+        """Options that differ, except those that do not change what is trained: the memory limit (a resumed
+        run keeps its recipe.json whatever the machine has free now) and tracking."""
         a, b = asdict(self), asdict(other)
-        return [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] != b[k] and k != "memory_limit_gb"]
+        return [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] != b[k] and k not in NOT_THE_RUN]
 
     def continuation(self, other: "TrainOptions") -> tuple[list[str], list[str]]:
         """(what grows, what may not change) when a run started with these options continues with `other`.
