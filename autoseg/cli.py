@@ -92,7 +92,7 @@ def _cmd_train(args) -> int:
                            optimizer=args.optimizer,
                            initial_lr=args.lr, warmup=args.warmup, batch_size=args.batch_size, seed=args.seed,
                            precision=args.precision, memory_limit_gb=args.memory_limit,
-                           tensorboard=args.tensorboard)
+                           tensorboard=args.tensorboard, init_from=args.init_from)
     result = train(args.output_dir, args.fold, args.config, options, args.device, args.workers, args.resume,
                    progress=not args.quiet, validate=not args.no_validation,
                    checkpoint_every_s=args.checkpoint_every)
@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "standard: 0)")
     tr.add_argument("--batch-size", type=_positive_int, default=None,
                     help="batch size (default: the recipe's; standard: the plan's)")
+    tr.add_argument("--init-from", default=None, metavar="SOURCE",
+                    help="start a new run from another model's weights: a checkpoint (.pt), fold folder, models/ "
+                         "folder or package; heads for other classes start fresh, new input channels from the mean "
+                         "of the source's (docs/training.md)")
     tr.add_argument("--tensorboard", action="store_true",
                     help="also log each epoch (metrics, a validation slice) to fold_k/tensorboard/ "
                          "(pip install 'autoseg[tensorboard]'; tensorboard --logdir OUTPUT_DIR/models)")

@@ -293,7 +293,9 @@ def test_time_budget_fits_the_schedule_into_the_budget(planned, tmp_path):
     step = last["iterations_time_s"] / last["iterations"]
     progress_before_last_step = (last["train_seconds"] - (last["epoch_time_s"] - last["iterations_time_s"])
                                  - step - probe) / (4.0 - probe)
-    assert last["lr"] <= poly_lr(0.01, progress_before_last_step - 0.05)
+    # the last step's start is estimated from the epoch's mean step: one slow step in a busy suite moves the
+    # estimate by a few percent of a 4-second budget (0.06 seen once), hence the margin
+    assert last["lr"] <= poly_lr(0.01, progress_before_last_step - 0.1)
     assert [m["lr"] for m in metrics] == sorted((m["lr"] for m in metrics), reverse=True)
 
 

@@ -36,6 +36,7 @@ from autoseg.model.device import machine_description
 from autoseg.model.network import build_network
 from autoseg.training.options import TrainOptions
 from autoseg.model.precision import autocast_dtype
+from autoseg.model.weight_transfer import source_weights, transfer_weights
 from autoseg.training.progress import append_metrics, log, plot_progress, read_metrics, rewrite_metrics
 from autoseg.training.recipe import (FORWARD_SHARE, MEMORY_SHARE, RECIPE_FILE, MemoryModel, Recipe, RecipeRequest,
                                      choose_recipe, load_recipe, save_recipe, scaled_features)
@@ -174,6 +175,9 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
                 f"here, as if the run had been planned this long (docs/training.md)")
     else:
         metrics = []
+        if options.init_from is not None:
+            transfer = transfer_weights(source_weights(options.init_from, configuration), network, options.init_from)
+            say(f"initialised from another model: {transfer.describe()}")
         if ranks.is_main:
             model_dir.mkdir(parents=True, exist_ok=True)
             rewrite_metrics(model_dir, [])

@@ -30,6 +30,7 @@ class TrainOptions:
     seed: int = 0
     precision: str = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with native bfloat16, else fp32
     memory_limit_gb: float | None = None  # what a CPU run may take (None: the machine's available memory)
+    init_from: str | None = None  # a checkpoint, model folder or package whose weights start a new run
     tensorboard: bool = False  # also log each epoch to fold_k/tensorboard/ (autoseg.training.tracking)
 
     def differences(self, other: "TrainOptions") -> list[str]:
