@@ -13,9 +13,14 @@ DEMO_OUT ?= demo_output
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The demo needs the package alone; the tests need every extra (serve, dicom, tensorboard, ...).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-test
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
@@ -43,7 +48,7 @@ demo: $(VENV)/.installed
 	@echo "per-case reports and previews: $(DEMO_OUT)/predictions/*_report.json, predictions.csv, *_preview.png"
 	@$(BIN)/python -c "$$DEMO_RESULT" $(DEMO_OUT)/predictions/summary.json
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 clean:

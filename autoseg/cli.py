@@ -10,21 +10,8 @@ from autoseg.errors import AutosegError, CasesFailed, DatasetInvalid
 from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
 from autoseg.output_location import check_output_dir, writing_errors
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
-from autoseg.training.options import TrainOptions
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+from autoseg.cli_args import fold, positive_float, positive_int, step
+from autoseg.cli_train import add_train_parser
 
 
 def _cmd_plan(args) -> int:
@@ -63,56 +50,6 @@ def _report_preprocess(args, output_dir, configs, force: bool) -> int:
 
 def _cmd_preprocess(args) -> int:
     return _report_preprocess(args, args.output_dir, args.configs, args.force)
-
-
-def _duration(text: str) -> float:
-    from autoseg.training.schedule import parse_duration
-
-    try:
-        seconds = parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return seconds
-
-
-def _fold(text: str) -> str:
-    if text != "all" and not (text.isdigit()):
-        raise argparse.ArgumentTypeError(f"a fold number or 'all', got {text!r}")
-    return text
-
-
-def _cmd_train(args) -> int:
-    from autoseg.training.loop import train
-
-    options = TrainOptions(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
-                           validation_iterations=args.val_iterations, time_budget_s=args.time_budget,
-                           recipe=args.recipe, width=args.width, augmentation=args.augmentation,
-                           optimizer=args.optimizer,
-                           initial_lr=args.lr, warmup=args.warmup, batch_size=args.batch_size, seed=args.seed,
-                           precision=args.precision, memory_limit_gb=args.memory_limit,
-                           tensorboard=args.tensorboard, init_from=args.init_from)
-    result = train(args.output_dir, args.fold, args.config, options, args.device, args.workers, args.resume,
-                   progress=not args.quiet, validate=not args.no_validation,
-                   checkpoint_every_s=args.checkpoint_every)
-    print(f"model: {result.model_dir}")
-    return 0
-
-
-def _recipe(text: str) -> str:
-    from autoseg.training.recipe import RECIPE_NAMES
-
-    if text in RECIPE_NAMES or text.endswith(".json"):
-        return text
-    raise argparse.ArgumentTypeError(f"auto, standard, budget or a recipe.json, got {text!r}")
-
-
-def _step(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a fraction of the patch in (0, 1], got {text!r}")
-    return value
 
 
 def _cmd_predict(args) -> int:
@@ -207,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write (default: DATASET_DIR.autoseg beside the dataset, or the "
                            "fingerprint's folder with --fingerprint)")
     plan.add_argument("--fingerprint", metavar="FILE", help="re-plan from this fingerprint.json")
-    plan.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: CPU count, max 8)")
-    plan.add_argument("--gpu-memory", type=_positive_float, default=8.0, metavar="GB",
+    plan.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
+    plan.add_argument("--gpu-memory", type=positive_float, default=8.0, metavar="GB",
                       help="GPU memory budget the patch and batch size are sized for (default: 8)")
     plan.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=list(CONFIGURATION_NAMES),
                       metavar="NAME", help=f"configurations to plan (default: all that apply; {', '.join(CONFIGURATION_NAMES)})")
@@ -224,75 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder with plan.json (written by autoseg plan)")
     pre.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=None, metavar="NAME",
                      help="configurations to preprocess (default: all in the plan)")
-    pre.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: CPU count, max 8)")
+    pre.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
     pre.add_argument("--force", action="store_true", help="redo every case, even those up to date")
     pre.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pre.set_defaults(func=_cmd_preprocess)
 
-    defaults = TrainOptions()
-    tr = sub.add_parser(
-        "train", help="train one fold of one configuration",
-        description="Train a U-Net on the preprocessed cases of one cross-validation fold, into "
-                    "OUTPUT_DIR/models/<config>/fold_<k>/. Rerunning the same command (or --resume) continues "
-                    "from the last checkpoint. Under torchrun, trains data-parallel on all processes.")
-    tr.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder with plan.json and preprocessed/")
-    tr.add_argument("--fold", type=_fold, default="0", help="fold 0-4 of splits.json, or 'all' (default: 0)")
-    tr.add_argument("--config", default="3d_fullres", choices=CONFIGURATION_NAMES, metavar="NAME",
-                    help="configuration to train (default: 3d_fullres)")
-    tr.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
-                    help=f"epochs (default: {defaults.epochs})")
-    tr.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
-                    help="fit the whole schedule, learning-rate decay included, into this much training time "
-                         "(e.g. 30m, 2h) instead of a number of epochs; the final validation comes on top")
-    tr.add_argument("--recipe", type=_recipe, default=defaults.recipe, metavar="auto|standard|budget|FILE",
-                    help="auto (default): the budget recipe when --time-budget is too short for nnU-Net's schedule "
-                         "on this machine (measured at the start), else standard; budget: network width, batch, "
-                         "warm-up and augmentation chosen from the budget and the measured step time; "
-                         "FILE: reuse a run's recipe.json exactly")
-    tr.add_argument("--width", type=_positive_float, default=None,
-                    help="features per stage relative to the plan's (default: the recipe's; standard: 1)")
-    tr.add_argument("--augmentation", choices=("standard", "light"), default=None,
-                    help="augmentation strength (default: the recipe's; standard: nnU-Net's)")
-    tr.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
-                    help="optimizer (default: the recipe's; standard: nnU-Net's SGD with Nesterov momentum)")
-    tr.add_argument("--iterations-per-epoch", type=_positive_int, default=None, metavar="N",
-                    help="training iterations per epoch (default: the recipe's; standard: 250)")
-    tr.add_argument("--val-iterations", type=_positive_int, default=None, metavar="N",
-                    help="validation patch batches per epoch (default: the recipe's; standard: a fifth of the "
-                         "training iterations)")
-    tr.add_argument("--lr", type=_positive_float, default=None,
-                    help="initial learning rate (default: the recipe's, 0.01)")
-    tr.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
-                    help="fraction of the schedule with a linear learning-rate warm-up (default: the recipe's; "
-                         "standard: 0)")
-    tr.add_argument("--batch-size", type=_positive_int, default=None,
-                    help="batch size (default: the recipe's; standard: the plan's)")
-    tr.add_argument("--init-from", default=None, metavar="SOURCE",
-                    help="start a new run from another model's weights: a checkpoint (.pt), fold folder, models/ "
-                         "folder or package; heads for other classes start fresh, new input channels from the mean "
-                         "of the source's (docs/training.md)")
-    tr.add_argument("--tensorboard", action="store_true",
-                    help="also log each epoch (metrics, a validation slice) to fold_k/tensorboard/ "
-                         "(pip install 'autoseg[tensorboard]'; tensorboard --logdir OUTPUT_DIR/models)")
-    tr.add_argument("--memory-limit", type=_positive_float, default=None, metavar="GB",
-                    help="memory the run may take on a CPU (default: what the machine has free); the recipe fits "
-                         "its network, batch and patch to it and keeps freed memory only where there is room")
-    tr.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: 0)")
-    tr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                    help="where to train (default: auto = cuda, else mps, else cpu)")
-    tr.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                    help="auto (default): fp16 mixed precision on CUDA, bf16 on CPUs with native bfloat16 "
-                         "(AVX512-BF16/AMX), else fp32")
-    tr.add_argument("--workers", type=int, default=None,
-                    help="augmentation worker processes (default: 1 on CPU, else CPU count - 1, max 12; 0 = none)")
-    tr.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
-                    help="write the latest checkpoint after an epoch, but not more often than this (default: 60)")
-    tr.add_argument("--resume", action="store_true",
-                    help="require a checkpoint to continue from (a plain rerun also continues)")
-    tr.add_argument("--no-validation", action="store_true",
-                    help="skip the final sliding-window validation of the fold's validation cases")
-    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log echo")
-    tr.set_defaults(func=_cmd_train)
+    add_train_parser(sub)
 
     pr = sub.add_parser(
         "predict", help="segment new scans with a trained model",
@@ -307,15 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a model package (autoseg export) or a training folder's OUTPUT_DIR/models")
     pr.add_argument("--config", default=None, choices=CONFIGURATION_NAMES, metavar="NAME",
                     help="configuration (default: find-best's choice, else the only trained one, else 3d_fullres)")
-    pr.add_argument("--folds", nargs="+", type=_fold, default=None, metavar="K",
+    pr.add_argument("--folds", nargs="+", type=fold, default=None, metavar="K",
                     help="folds to average (default: every fold with a final checkpoint)")
     pr.add_argument("--no-tta", action="store_true", help="no mirroring (about 8x faster in 3D)")
-    pr.add_argument("--step", type=_step, default=0.5, help="tile stride as a fraction of the patch (default 0.5)")
+    pr.add_argument("--step", type=step, default=0.5, help="tile stride as a fraction of the patch (default 0.5)")
     pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                     help="default: auto = cuda, else mps, else cpu")
     pr.add_argument("--save-probabilities", action="store_true",
                     help="also write {case}_probabilities.npz and an entropy map {case}_entropy<ending>")
-    pr.add_argument("--workers", type=_positive_int, default=None,
+    pr.add_argument("--workers", type=positive_int, default=None,
                     help="threads reading/preprocessing and restoring/writing cases beside the network (default 1)")
     pr.add_argument("--continue", dest="resume", action="store_true",
                     help="skip cases whose outputs already exist (a killed run's finished cases)")
@@ -348,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", required=True, metavar="FILE", help="the package to write, e.g. model.autoseg")
     ex.add_argument("--config", default=None, choices=CONFIGURATION_NAMES, metavar="NAME",
                     help="configuration (default: find-best's choice, else the only trained one, else 3d_fullres)")
-    ex.add_argument("--folds", nargs="+", type=_fold, default=None, metavar="K",
+    ex.add_argument("--folds", nargs="+", type=fold, default=None, metavar="K",
                     help="folds to include (default: every fold with a final checkpoint)")
     ex.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     ex.add_argument("--description", default=None, metavar="TEXT", help="free text for the model card")
@@ -366,13 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("package", metavar="MODEL", help="a model package (or a training folder's models/)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    sv.add_argument("--workers", type=_positive_int, default=2,
+    sv.add_argument("--workers", type=positive_int, default=2,
                     help="threads reading and writing requests beside the network (default 2)")
-    sv.add_argument("--max-queue", type=_positive_int, default=8, metavar="N",
+    sv.add_argument("--max-queue", type=positive_int, default=8, metavar="N",
                     help="requests waiting or running before new ones get 503 (default 8)")
-    sv.add_argument("--max-request-mb", type=_positive_float, default=512.0, metavar="MB",
+    sv.add_argument("--max-request-mb", type=positive_float, default=512.0, metavar="MB",
                     help="largest accepted upload (default 512)")
-    sv.add_argument("--timeout", type=_positive_float, default=600.0, metavar="SECONDS",
+    sv.add_argument("--timeout", type=positive_float, default=600.0, metavar="SECONDS",
                     help="a request still unanswered after this gets 504 (default 600)")
     sv.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     sv.add_argument("--no-tta", action="store_true", help="no mirroring")
@@ -389,14 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--labels", nargs="+", type=int, default=None, metavar="VALUE",
                     help="label values to score (default: every nonzero value present)")
     ev.add_argument("-o", "--output", default=None, metavar="FILE", help="summary path (default PRED_DIR/summary.json)")
-    ev.add_argument("--tolerance", type=_positive_float, default=1.0, metavar="MM",
+    ev.add_argument("--tolerance", type=positive_float, default=1.0, metavar="MM",
                     help="normalized surface Dice tolerance in mm (default 1); distances within 1e-6 relative "
                          "of it count, since NIfTI spacing is float32")
     ev.add_argument("--surface", choices=("elements", "voxels"), default="elements",
                     help="surface convention of HD95 and NSD: 'elements' = surface elements weighted by area "
                          "(Nikolov et al. 2021, DeepMind's surface-distance, as MSD and FLARE; default), "
                          "'voxels' = border voxels (MetricsReloaded)")
-    ev.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: CPU count, max 8)")
+    ev.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)
 
@@ -408,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder with plan.json and models/")
     fb.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=None, metavar="NAME",
                     help="configurations to consider (default: every one with a validated fold)")
-    fb.add_argument("--tolerance", type=_positive_float, default=1.0, metavar="MM",
+    fb.add_argument("--tolerance", type=positive_float, default=1.0, metavar="MM",
                     help="normalized surface Dice tolerance in mm (default 1)")
-    fb.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: CPU count, max 8)")
+    fb.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
     fb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     fb.set_defaults(func=_cmd_find_best)
     return parser

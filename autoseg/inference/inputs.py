@@ -32,6 +32,12 @@ def _stem(path: Path) -> str:
     return path.name[:-len(file_ending(path))]
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files at the top of `folder` that prediction reads, sorted (hidden and temp files left out)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and file_ending(p) and not p.name.startswith((".", TEMP_PREFIX)))
+
+
 def find_input_cases(input_path: str | Path, num_channels: int) -> tuple[list[InputCase], dict[str, str]]:
     """The cases under INPUT, sorted by id, and {case id: one line} for cases ruled out by their
     file names (a missing or extra channel file). Raises when there is nothing to predict at all."""
@@ -44,8 +50,7 @@ def find_input_cases(input_path: str | Path, num_channels: int) -> tuple[list[In
         return [InputCase(case_id, (input_path,), True)], {}
     if not input_path.is_dir():
         raise AutosegError(f"{input_path}: no such file or folder")
-    files = sorted(p for p in input_path.iterdir()
-                   if p.is_file() and file_ending(p) and not p.name.startswith((".", TEMP_PREFIX)))
+    files = image_files(input_path)
     if not files:
         raise AutosegError(f"{input_path}: no image files to predict")
     by_channel: dict[str, dict[int, Path]] = {}
@@ -85,7 +90,7 @@ def read_any_case(case, channel_names: list[str]) -> tuple[CaseData, bytes | Non
     its geometry, the NIfTI header (None for DICOM), and warnings (a DICOM modality unlike the model's)."""
     if isinstance(case, InputCase):
         return (*read_input_case(case, len(channel_names)), [])
-    from autoseg.dicom.series import read_dicom_case
+    from autoseg.dicom.cases import read_dicom_case
 
     image, geometry, warnings = read_dicom_case(case, channel_names)
     return CaseData(case.case_id, image, None, geometry), None, warnings

@@ -23,9 +23,8 @@ from pathlib import Path
 
 from autoseg.dataset.orientation import reorient, reorientation
 from autoseg.errors import AutosegError
-from autoseg.dataset.geometry import file_ending
 from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
-from autoseg.inference.inputs import InputCase, find_input_cases
+from autoseg.inference.inputs import InputCase, find_input_cases, image_files
 from autoseg.inference.predictor import PreparedCase, Predictor
 from autoseg.inference.report import (CaseReport, load_case_report, write_case_report,
                                       write_predictions_csv)
@@ -105,15 +104,15 @@ def find_cases(input_path, predictor: Predictor, options: PredictOptions) -> tup
     if input_path.is_file() and is_dicom_file(input_path):
         raise AutosegError(f"{input_path}: one DICOM file; give the folder that holds its series")
     if fmt == "auto":
-        has_images = input_path.is_file() or (input_path.is_dir() and any(
-            p.is_file() and file_ending(p) and not p.name.startswith((".", TEMP_PREFIX)) for p in input_path.iterdir()))
+        has_images = input_path.is_file() or (input_path.is_dir() and bool(image_files(input_path)))
         fmt = "dicom" if input_path.is_dir() and not has_images and holds_dicom(input_path) else "files"
     if fmt == "files":
         if options.series or options.channel_series:
             raise AutosegError(f"{input_path}: --series and --channel-series choose DICOM series; this input is "
                                f"image files")
         return *find_input_cases(input_path, predictor.num_channels), False
-    from autoseg.dicom.series import dicom_cases, find_series
+    from autoseg.dicom.cases import dicom_cases
+    from autoseg.dicom.series import find_series
 
     scan = find_series(input_path)
     if scan.skipped:

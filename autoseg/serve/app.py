@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from autoseg import __version__
+from autoseg.dicom import dicom_available
 from autoseg.errors import AutosegError
 from autoseg.inference.predictor import Predictor
 from autoseg.inference.predict import write_case_seg
@@ -46,12 +47,7 @@ from autoseg.serve.uploads import DRAIN_BYTES, Problem, UploadedCase, drain, ope
 
 EMA_WEIGHT = 0.3  # weight of the newest network time in the running estimate behind Retry-After
 MAX_RETRY_AFTER_S = 3600
-try:  # a zip of a DICOM series is answered with a DICOM SEG where the dicom extra is installed
-    import highdicom  # noqa: F401
-    import pydicom  # noqa: F401
-    DICOM_SERVED = True
-except ImportError:
-    DICOM_SERVED = False
+DICOM_SERVED = dicom_available()  # a zip of a DICOM series is answered with a SEG where the dicom extra is installed
 MEDIA_TYPES = {".nii.gz": "application/gzip", ".seg.dcm": "application/dicom"}
 
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

@@ -245,7 +245,8 @@ def _holds_dicom(folder: Path) -> bool:
 
 
 def _dicom_upload(inputs: Path, channel_names: list[str], shown_zip: str, shown: dict[str, str]) -> UploadedCase:
-    from autoseg.dicom.series import dicom_cases, find_series
+    from autoseg.dicom.cases import dicom_cases
+    from autoseg.dicom.series import find_series
 
     if len(channel_names) > 1:
         raise Problem(400, f"{shown_zip}: DICOM for a {len(channel_names)}-channel model is not served; use "

@@ -1,0 +1,43 @@
+"""Argument types the subcommands share: each turns one command-line word into a value or a one-line error."""
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def duration(text: str) -> float:
+    from autoseg.training.schedule import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return seconds
+
+
+def fold(text: str) -> str:
+    if text != "all" and not (text.isdigit()):
+        raise argparse.ArgumentTypeError(f"a fold number or 'all', got {text!r}")
+    return text
+
+
+def step(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction of the patch in (0, 1], got {text!r}")
+    return value
