@@ -10,7 +10,7 @@ from autoseg.errors import AutosegError, CasesFailed, DatasetInvalid
 from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
 from autoseg.output_location import check_output_dir, writing_errors
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
-from autoseg.cli_args import fold, positive_float, positive_int, step
+from autoseg.cli_args import fold, label_target, positive_float, positive_int, step
 from autoseg.cli_train import add_train_parser
 
 
@@ -106,7 +106,8 @@ def _cmd_evaluate(args) -> int:
 
     output = args.output or str(Path(args.pred_dir) / SUMMARY_FILE)
     summary = evaluate_folder(args.pred_dir, args.ref_dir, args.labels, output, args.tolerance, args.workers,
-                              progress=not args.quiet, surface_convention=args.surface)
+                              progress=not args.quiet, surface_convention=args.surface,
+                              ignore_label=args.ignore_label)
     print(f"{'label':>8}{'Dice':>8}{'IoU':>8}{'HD95 mm':>10}{'NSD':>8}   ({summary['num_cases']} cases, "
           f"NSD at {summary['tolerance_mm']:g} mm, surface {summary['surface_convention']})")
     rows = [(label, m) for label, m in summary["mean"].items()] + [("fg mean", summary["foreground_mean"])]
@@ -260,8 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "cases.csv and boxplots.png. Every reference needs a prediction of the same name and grid.")
     ev.add_argument("pred_dir", metavar="PRED_DIR", help="folder of predicted label maps")
     ev.add_argument("ref_dir", metavar="REF_DIR", help="folder of reference label maps (same file names)")
-    ev.add_argument("--labels", nargs="+", type=int, default=None, metavar="VALUE",
-                    help="label values to score (default: every nonzero value present)")
+    ev.add_argument("--labels", nargs="+", type=label_target, default=None, metavar="VALUE",
+                    help="label values to score (default: every nonzero value present); a region is its values "
+                         "joined by commas, e.g. --labels 1,2,3 2,3 3 (BraTS whole tumour, core, enhancing)")
+    ev.add_argument("--ignore-label", type=int, default=None, metavar="VALUE",
+                    help="reference voxels with this value are unannotated and count nowhere (sparse labels)")
     ev.add_argument("-o", "--output", default=None, metavar="FILE", help="summary path (default PRED_DIR/summary.json)")
     ev.add_argument("--tolerance", type=positive_float, default=1.0, metavar="MM",
                     help="normalized surface Dice tolerance in mm (default 1); distances within 1e-6 relative "

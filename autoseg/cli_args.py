@@ -41,3 +41,16 @@ def step(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"a fraction of the patch in (0, 1], got {text!r}")
     return value
+
+
+def label_target(text: str):
+    """A label value '2', or a region's values '1,2,3'."""
+    from autoseg.label_scheme import parse_target
+
+    try:
+        target = parse_target(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if any(v < 1 for v in target.values):
+        raise argparse.ArgumentTypeError(f"foreground values are 1 or more, got {text!r}")
+    return target

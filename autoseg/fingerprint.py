@@ -36,6 +36,7 @@ import numpy as np
 
 from autoseg.dataset import Dataset, read_case
 from autoseg.dataset.label_codes import LabelCode
+from autoseg.label_scheme import Region
 from autoseg.dataset.layout import Case, DatasetScan, scan_dataset, sorted_problems
 from autoseg.dataset.orientation import (dataset_orientation, orientation_code, reorientation_between,
                                          reoriented_bbox, reoriented_shape)
@@ -109,6 +110,8 @@ class Fingerprint:
     sampling_seed: int = SAMPLING_SEED
     samples_per_case_cap: int = 0  # values drawn (with replacement) from each case with foreground
     label_codes: dict[str, LabelCode] = field(default_factory=dict)  # dataset.json's, for DICOM SEG
+    regions: list[Region] = field(default_factory=list)  # region-based targets (autoseg.label_scheme)
+    ignore_label: int | None = None  # unannotated voxels' value (sparse labels)
 
     @property
     def spacings(self) -> np.ndarray:
@@ -262,5 +265,6 @@ def compute_fingerprint(dataset: Dataset | DatasetScan | str | os.PathLike, work
     return Fingerprint(
         version=FINGERPRINT_VERSION, dataset_name=dataset.name, dataset_dir=str(dataset.root.resolve()),
         layout=dataset.layout, channel_names=dataset.channel_names, labels=dataset.labels, label_codes=dict(dataset.label_codes),
+        regions=list(dataset.regions), ignore_label=dataset.ignore_label,
         file_ending=dataset.file_ending, orientation=orientation, cases=cases,
         foreground_intensity=[_pool_stats(s) for s in samples], samples_per_case_cap=cap)

@@ -22,7 +22,7 @@ def test_cascade_trains_on_cross_validation_predictions_and_predicts(tmp_path):
     from autoseg.preprocessing import preprocess_dataset
     from autoseg.preprocessing.storage import load_case
     from autoseg.training.augmentation import augmentation_settings
-    from autoseg.training.batches import TRAIN_STREAM, IndexedBatches
+    from autoseg.training.batches import TRAIN_STREAM, CaseSource, IndexedBatches
     from autoseg.training.cascade import NEXT_STAGE_DIR, previous_stage_predictions
     from autoseg.training.loop import train
     from autoseg.training.options import TrainOptions
@@ -52,7 +52,8 @@ def test_cascade_trains_on_cross_validation_predictions_and_predicts(tmp_path):
 
     # unaugmented batches carry the previous stage's segmentation as one-hot channels
     settings = augmentation_settings(plan.configurations["3d_cascade_fullres"].patch_size)
-    batch = IndexedBatches(full_folder, case_ids, settings, 2, 0, TRAIN_STREAM, 0, False, previous, 3)[0]
+    source = CaseSource(full_folder, tuple(case_ids), previous, 3)
+    batch = IndexedBatches(source, settings, 2, 0, TRAIN_STREAM, 0, False)[0]
     assert batch["data"].shape[1] == 1 + 2
     extra = batch["data"][:, 1:]
     assert set(torch.unique(extra).tolist()) <= {0.0, 1.0} and extra.sum(1).max() <= 1

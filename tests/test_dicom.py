@@ -514,3 +514,23 @@ def test_label_codes_flow_from_dataset_json_into_the_plan_and_bad_ones_are_one_l
     assert [p.split(": ", 2)[1] for p in problems] == ['label_codes["a"]', 'label_codes["nope"]',
                                                        'label_codes["background"]', 'label_codes["b"].type']
     assert all(p.startswith(str(data / "dataset.json")) and "\n" not in p for p in problems)
+
+
+def test_a_region_model_writes_each_region_whole_as_overlapping_segments(tmp_path):
+    from autoseg.label_scheme import Region
+
+    files = write_series(_volume((6, 10, 8)), FLIPPED, tmp_path / "dicom")
+    assert files
+    [series] = find_series(tmp_path / "dicom").series
+    segmentation = np.zeros((6, 10, 8), np.uint8)
+    segmentation[1:5, 2:8, 2:6] = 1  # whole tumour but not core
+    segmentation[2:4, 4:6, 3:5] = 2  # core (inside whole)
+    labels = {"background": 0, "whole": 1, "core": 2}
+    path = write_seg(segmentation, series, labels, tmp_path / "seg.dcm", algorithm=Algorithm("regions", "0", None),
+                     regions=[Region("whole", [1, 2]), Region("core", [2])])
+    seg = highdicom.seg.segread(path)
+    uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in series.files]
+    pixels = seg.get_pixels_by_source_instance(uids, combine_segments=False, assert_missing_frames_are_empty=True)
+    assert [seg.get_segment_description(n).SegmentLabel for n in (1, 2)] == ["whole", "core"]
+    assert np.array_equal(pixels[..., 0] > 0, segmentation > 0)  # "whole" holds its core too
+    assert np.array_equal(pixels[..., 1] > 0, segmentation == 2)

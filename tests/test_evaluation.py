@@ -182,7 +182,7 @@ def _pp_pairs(tmp_path, spurious: bool):
 def test_postprocessing_removes_a_spurious_blob(tmp_path):
     decision, report = _pp_pairs(tmp_path, spurious=True)
     assert decision.largest_component_of_foreground
-    assert report["dice_foreground_largest_component"][1] > report["dice_without"][1]
+    assert report["dice_foreground_largest_component"]["1"] > report["dice_without"]["1"]
 
 
 def test_postprocessing_keeps_real_second_components(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.training.loss import deep_supervision_loss, dice_ce_loss, soft_dice
+from autoseg.training.loss import Objective, deep_supervision_loss, dice_ce_loss, soft_dice
 from autoseg.training.splits import fold_cases, load_or_create_splits, make_splits
 
 
@@ -42,7 +42,8 @@ def test_deep_supervision_skips_zero_weight_and_downsamples_target():
     full = torch.zeros(1, 2, 4, 4, 4)
     half = torch.zeros(1, 2, 2, 2, 2)
     expected = 0.6 * dice_ce_loss(full, target, False) + 0.4 * dice_ce_loss(half, target[:, ::2, ::2, ::2], False)
-    got = deep_supervision_loss([full, half, torch.full((1, 2, 1, 1, 1), float("nan"))], target, [0.6, 0.4, 0.0], False)
+    got = deep_supervision_loss([full, half, torch.full((1, 2, 1, 1, 1), float("nan"))], target,
+                                Objective((0.6, 0.4, 0.0), False))
     assert got.item() == pytest.approx(expected.item(), abs=1e-6)
 
 

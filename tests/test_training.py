@@ -15,7 +15,7 @@ import torch
 
 from autoseg.preprocessing.crop import OUTSIDE
 from autoseg.training.augmentation import augmentation_settings, build_transforms, sample_size
-from autoseg.training.batches import TRAIN_STREAM, IndexedBatches
+from autoseg.training.batches import TRAIN_STREAM, CaseSource, IndexedBatches
 from autoseg.training.distributed import Ranks, rank_batch_size
 from autoseg.training.sampler import Case, PatchSampler, crop_padded, enlarged_sample_size, foreground_count
 from autoseg.training.schedule import parse_duration, poly_lr
@@ -247,8 +247,8 @@ def test_batches_depend_only_on_their_index(planned):
     folder = planned / "preprocessed" / "3d_fullres"
     ids = sorted(p.stem for p in folder.glob("*.json"))
     settings = augmentation_settings([16, 20, 20])
-    a = IndexedBatches(folder, ids, settings, 2, 0, TRAIN_STREAM, 0, True)
-    b = IndexedBatches(folder, ids, settings, 2, 0, TRAIN_STREAM, 0, True)
+    a = IndexedBatches(CaseSource(folder, tuple(ids)), settings, 2, 0, TRAIN_STREAM, 0, True)
+    b = IndexedBatches(CaseSource(folder, tuple(ids)), settings, 2, 0, TRAIN_STREAM, 0, True)
     assert torch.equal(a[5]["data"], b[5]["data"]) and torch.equal(a[5]["target"], b[5]["target"])
     assert not torch.equal(a[5]["data"], a[6]["data"])
 

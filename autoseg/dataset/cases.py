@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from autoseg.dataset.label_codes import LabelCode
+from autoseg.label_scheme import LabelScheme, Region
 
 # macOS writes a "._NAME" resource fork beside every file it copies to a foreign disk; the
 # Decathlon tarballs are full of them. Expected junk: counted, never named one by one.
@@ -29,12 +30,15 @@ class Dataset:
     # dataset.json declares the channels unusably: the channel-count checks are then skipped (the
     # dataset.json problem is reported instead of one derived problem per case).
     channel_names: dict[str, str]
-    # label name -> integer value, background included. Empty only in a DatasetScan whose dataset.json
-    # declares the labels unusably: the declared-value check of label maps is then skipped.
+    # label name -> integer value, background included (for regions: the value each region is written as in
+    # predicted label maps; never the ignore label). Empty only in a DatasetScan whose dataset.json declares
+    # the labels unusably: the declared-value check of label maps is then skipped.
     labels: dict[str, int]
     file_ending: str
     cases: list[Case] = field(default_factory=list)
     label_codes: dict[str, LabelCode] = field(default_factory=dict)  # optional, for DICOM SEG
+    regions: list[Region] = field(default_factory=list)  # region-based training (autoseg.label_scheme)
+    ignore_label: int | None = None  # the value of unannotated voxels (sparse labels)
 
     @property
     def num_channels(self) -> int:
@@ -44,6 +48,11 @@ class Dataset:
     def multi_channel_files(self) -> bool:
         """MSD stores all channels of a case in one 4D file."""
         return self.layout == "msd"
+
+
+def region_fields(scheme: LabelScheme | None) -> dict:
+    """Dataset's keyword arguments for a label scheme's regions and ignore label."""
+    return {"regions": scheme.regions, "ignore_label": scheme.ignore_label} if scheme else {}
 
 
 @dataclass

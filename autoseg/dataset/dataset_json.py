@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from autoseg.label_scheme import IGNORE_NAME, LabelScheme, Region
+
 
 def describe_kind(value) -> str:
     """A JSON value's type in JSON's words, for messages."""
@@ -73,30 +75,46 @@ class JsonFields:
             return None
         return {str(i): str(value[indices[i]]) for i in range(len(value))}
 
-    def label_value(self, where: str, value) -> int | None:
+    def label_value(self, where: str, value, *, region_allowed: bool = False) -> int | list[int] | None:
+        """An integer label value, or (region_allowed) a list of them: a region."""
+        if isinstance(value, list) and region_allowed:
+            values = [self.label_value(f"{where}[{i}]", v) for i, v in enumerate(value)]
+            if not value:
+                self.bad(where, "a region needs at least one label value")
+            elif any(v is None for v in values):
+                return None
+            elif 0 in values:
+                self.bad(where, "a region cannot contain background (0)")
+            elif len(set(values)) < len(values):
+                self.bad(where, f"{describe_kind(value)} lists a value twice")
+            else:
+                return values
+            return None
         if isinstance(value, list):
-            self.bad(where, f"{describe_kind(value)} of values is a region; only integer labels are supported "
-                            f"(region-based training is not)")
-        elif isinstance(value, bool) or not isinstance(value, int):
             self.bad(where, f"expected an integer label value, got {describe_kind(value)}")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            self.bad(where, f"expected an integer label value{' or a list of them (a region)' if region_allowed else ''}"
+                            f", got {describe_kind(value)}")
         elif value < 0:
             self.bad(where, f"label values must be 0 or more, got {value}")
         else:
             return value
         return None
 
-    def nnunet_labels(self, meta: dict) -> dict[str, int] | None:
-        """`labels`: {name: value}. None when anything is wrong with them: label maps are then not checked
-        against them (every case would repeat the one dataset.json problem)."""
+    def nnunet_labels(self, meta: dict) -> LabelScheme | None:
+        """`labels`: {name: value or [values] (a region)}, with `regions_class_order` when there are regions and
+        an optional `ignore` label (nnU-Net v2's conventions). None when anything is wrong with them: label
+        maps are then not checked against them (every case would repeat the one dataset.json problem)."""
         value = self.object(meta, "labels", '{"background": 0, "liver": 1}')
         if value is None:
             return None
-        labels = {name: self.label_value(_key("labels", name), v) for name, v in value.items()}
-        if any(v is None for v in labels.values()) or not self._label_set(labels):
+        labels = {name: self.label_value(_key("labels", name), v, region_allowed=name != IGNORE_NAME)
+                  for name, v in value.items()}
+        if any(v is None for v in labels.values()):
             return None
-        return labels
+        return self._scheme(labels, meta)
 
-    def msd_labels(self, meta: dict) -> dict[str, int] | None:
+    def msd_labels(self, meta: dict) -> LabelScheme | None:
         """MSD `labels`: {"value": name}, turned into {name: value}."""
         value = self.object(meta, "labels", '{"0": "background", "1": "liver"}')
         if value is None:
@@ -121,26 +139,77 @@ class JsonFields:
                 usable = False
             elif number is not None:
                 labels[name] = number
-        if not usable or not self._label_set(labels):
-            return None
-        return labels
+        return self._scheme(labels, meta) if usable else None
 
-    def _label_set(self, labels: dict[str, int]) -> bool:
-        """Checks the values together; False (after reporting) when label maps cannot be checked against them
+    def _scheme(self, declared: dict[str, int | list[int]], meta: dict) -> LabelScheme | None:
+        """Checks the values together; None (after reporting) when label maps cannot be checked against them
         without each case repeating the same problem."""
         before = len(self.problems)
+        ignore = declared.get(IGNORE_NAME)
+        regions = [Region(n, list(v) if isinstance(v, list) else [v]) for n, v in declared.items()
+                   if n != IGNORE_NAME and v != 0]
+        uses_regions = any(isinstance(v, list) for v in declared.values())
+        plain = {n: v for n, v in declared.items() if not isinstance(v, list)}
         by_value: dict[int, list[str]] = {}
-        for name, v in labels.items():
+        for name, v in (plain if not uses_regions else {n: v for n, v in plain.items()
+                                                           if n == IGNORE_NAME or v == 0}).items():
             by_value.setdefault(v, []).append(name)
         for v, names in sorted(by_value.items()):
             if len(names) > 1:
                 self.bad("labels", f"value {v} is declared twice ({', '.join(json.dumps(n) for n in names)})")
-        if 0 not in by_value:
+        if 0 not in declared.values():
             self.bad("labels", "background must be declared as 0")
-        gaps = [str(v) for v in range(max(by_value, default=0)) if v not in by_value and v != 0]
+        values = {0} | {v for r in regions for v in r.values}
+        if ignore is not None:
+            if any(v >= ignore for v in values):
+                self.bad(_key("labels", IGNORE_NAME), f"the ignore label must be the highest value, got {ignore} "
+                                                      f"(other values reach {max(values)})")
+            values.add(ignore)
+        gaps = [str(v) for v in range(max(values)) if v not in values]
         if gaps:
-            self.bad("labels", f"label values must be consecutive 0..{max(by_value)}; missing {', '.join(gaps)}")
-        return len(self.problems) == before
+            self.bad("labels", f"label values must be consecutive 0..{max(values)}; missing {', '.join(gaps)}")
+        order = meta.get("regions_class_order")
+        labels = {n: v for n, v in plain.items() if n != IGNORE_NAME}
+        if uses_regions:
+            background = next((n for n, v in plain.items() if v == 0), "background")
+            labels = self._region_order(regions, order, background)
+        elif order is not None:
+            self.bad("regions_class_order", "given, but no label is a region (a list of values); remove it, or "
+                                            "declare the regions as lists")
+        if len(self.problems) != before or labels is None:
+            return None
+        return LabelScheme(labels, regions if uses_regions else [], ignore)
+
+    def _region_order(self, regions: list[Region], order, background: str) -> dict[str, int] | None:
+        """{background: 0, region: its value in the label map}, from regions_class_order."""
+        example = f"one value per region, e.g. {json.dumps(list(range(1, len(regions) + 1)))}"
+        if order is None:
+            self.bad("labels", f"regions (labels given as lists of values) need \"regions_class_order\": the value "
+                               f"each region is written as in predicted label maps, {example}")
+            return None
+        if not isinstance(order, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in order):
+            self.bad("regions_class_order", f"expected a list of positive integers, {example}; got "
+                                            f"{describe_kind(order)}")
+            return None
+        if len(order) != len(regions):
+            self.bad("regions_class_order", f"{len(order)} values for {len(regions)} regions "
+                                            f"({', '.join(r.name for r in regions)}): {example}")
+            return None
+        if len(set(order)) < len(order):
+            self.bad("regions_class_order", f"{json.dumps(order)} writes two regions as the same value")
+            return None
+        for i, inner in enumerate(regions):
+            for outer in regions[i + 1:]:
+                if set(inner.values) == set(outer.values):
+                    self.bad("labels", f"regions {json.dumps(inner.name)} and {json.dumps(outer.name)} are the same "
+                                       f"values {sorted(inner.values)}")
+                    return None
+                if set(inner.values) < set(outer.values):
+                    self.bad("labels", f"region {json.dumps(inner.name)} {inner.values} lies inside "
+                                       f"{json.dumps(outer.name)} {outer.values}, which comes after it and would "
+                                       f"overwrite it in every label map; list regions from the outermost in")
+                    return None
+        return {background: 0, **{r.name: v for r, v in zip(regions, order)}}
 
     def count(self, meta: dict, key: str) -> int | None:
         if key not in meta:

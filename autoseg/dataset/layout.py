@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoseg.dataset.cases import RESOURCE_FORK_PREFIX, Case, Dataset, DatasetScan  # noqa: F401 - the layout's public names
+from autoseg.dataset.cases import RESOURCE_FORK_PREFIX, Case, Dataset, DatasetScan, region_fields  # noqa: F401 - the layout's public names
 from autoseg.dataset.dataset_json import JsonFields, describe_kind
 from autoseg.dataset.label_codes import read_label_codes
 from autoseg.dataset.geometry import SUPPORTED_ENDINGS, file_ending
@@ -143,8 +143,8 @@ def _ignored_summary(listings: list[_Listing], ending: str, unexplained_hidden: 
 def _scan_nnunet(root: Path, meta: dict, f: JsonFields) -> Dataset | None:
     f.require(meta, ("channel_names", "labels", "file_ending"))
     channel_names = f.channels(meta, "channel_names") if "channel_names" in meta else None
-    labels = f.nnunet_labels(meta) if "labels" in meta else None
-    label_codes = read_label_codes(f, meta, labels)
+    scheme = f.nnunet_labels(meta) if "labels" in meta else None
+    label_codes = read_label_codes(f, meta, scheme.labels if scheme else None)
     num_training = f.count(meta, "numTraining")
     name = f.name(meta, root)
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
@@ -241,4 +241,5 @@ def _scan_nnunet(root: Path, meta: dict, f: JsonFields) -> Dataset | None:
         problems.append(f"{f.meta_path}: numTraining is {num_training} but {len(case_ids)} case(s) were found in "
                         f"{images_dir.name}/{labels_dir.name}"
                         + _ignored_summary([images, label_listing], ending, len(unexplained)))
-    return Dataset(root, name, "nnunet", channel_names or {}, labels or {}, ending, cases, label_codes)
+    return Dataset(root, name, "nnunet", channel_names or {}, scheme.labels if scheme else {}, ending, cases,
+                   label_codes, **region_fields(scheme))

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from autoseg.dataset.cases import RESOURCE_FORK_PREFIX, Case, Dataset
+from autoseg.dataset.cases import RESOURCE_FORK_PREFIX, Case, Dataset, region_fields
 from autoseg.dataset.dataset_json import JsonFields, describe_kind
 from autoseg.dataset.geometry import SUPPORTED_ENDINGS, file_ending
 
@@ -56,7 +56,7 @@ def _entry_path(f: JsonFields, root: Path, entry: dict, i: int, key: str) -> Pat
 def scan_msd(root: Path, meta: dict, f: JsonFields) -> Dataset | None:
     f.require(meta, ("labels",))
     channel_names = f.channels(meta, "modality")
-    labels = f.msd_labels(meta) if "labels" in meta else None
+    scheme = f.msd_labels(meta) if "labels" in meta else None
     num_training = f.count(meta, "numTraining")
     name = f.name(meta, root)
     training = meta["training"]
@@ -105,7 +105,8 @@ def scan_msd(root: Path, meta: dict, f: JsonFields) -> Dataset | None:
         problems.append(f"{f.meta_path}: numTraining is {num_training} but 'training' lists {len(training)} "
                         f"entries" + _msd_unlisted(root, by_image, problems))
     ending = endings.pop() if len(endings) == 1 else ".nii.gz"
-    return Dataset(root, name, "msd", channel_names or {}, labels or {}, ending, cases)
+    return Dataset(root, name, "msd", channel_names or {}, scheme.labels if scheme else {}, ending, cases,
+                   **region_fields(scheme))
 
 
 def _msd_unlisted(root: Path, listed: dict[Path, tuple[int, Path]], problems: list[str]) -> str:

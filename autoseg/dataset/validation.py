@@ -8,6 +8,7 @@ import numpy as np
 from autoseg.dataset.image_io import Geometry, read_image
 from autoseg.dataset.layout import Case, Dataset
 from autoseg.errors import AutosegError
+from autoseg.label_scheme import LabelScheme
 
 
 @dataclass
@@ -100,7 +101,8 @@ def read_case(dataset: Dataset, case: Case) -> tuple[CaseData | None, list[str]]
             if diffs:
                 problems.append(f"{case.label_file}: geometry differs from the image ({'; '.join(diffs)})")
     if label is not None:
-        label = _check_label_values(case.label_file, label, dataset.labels, problems)
+        label = _check_label_values(case.label_file, label,
+                                    LabelScheme.of(dataset).annotated_values if dataset.labels else [], problems)
 
     if problems or not channels or (n_channels is not None and len(channels) != n_channels) or label is None:
         return None, problems
@@ -108,7 +110,7 @@ def read_case(dataset: Dataset, case: Case) -> tuple[CaseData | None, list[str]]
     return CaseData(case.case_id, image, label, geometry), []
 
 
-def _check_label_values(path, label: np.ndarray, declared: dict[str, int], problems: list[str]):
+def _check_label_values(path, label: np.ndarray, declared: list[int], problems: list[str]):
     if np.issubdtype(label.dtype, np.floating):
         if not np.isfinite(label).all():
             problems.append(f"{path}: label map contains NaN/Inf")
@@ -119,11 +121,10 @@ def _check_label_values(path, label: np.ndarray, declared: dict[str, int], probl
     if not declared:  # a scan of a broken dataset.json: nothing to check the values against
         return label
     values = np.unique(label)
-    undeclared = sorted(set(int(v) for v in values) - set(declared.values()))
+    undeclared = sorted(set(int(v) for v in values) - set(declared))
     if undeclared:
         shown = ", ".join(str(v) for v in undeclared[:10]) + (" ..." if len(undeclared) > 10 else "")
         problems.append(f"{path}: label value(s) {shown} not declared in dataset.json")
         return None
-    top = max(declared.values())
-    dtype = np.uint8 if top < 256 and min(declared.values()) >= 0 else np.int16
+    dtype = np.uint8 if max(declared) < 256 and min(declared) >= 0 else np.int16
     return label.astype(dtype, copy=False)

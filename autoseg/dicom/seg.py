@@ -17,6 +17,7 @@ from autoseg.dataset.label_codes import GENERIC_LABEL_CODE, Code, LabelCode
 from autoseg.dicom import require_dicom_libraries
 from autoseg.dicom.series import DicomSeries
 from autoseg.jsonio import atomic_path, fsync_file
+from autoseg.label_scheme import Region
 
 SERIES_NUMBER_OFFSET = 1000  # the SEG series is numbered source + 1000, so a PACS lists it beside its source
 MAX_SERIES_NUMBER = 2**31 - 1
@@ -67,8 +68,11 @@ def segment_descriptions(labels: dict[str, int], label_codes: dict[str, LabelCod
 
 
 def write_seg(segmentation: np.ndarray, series: DicomSeries, labels: dict[str, int], path: str | Path, *,
-              algorithm: Algorithm, label_codes: dict[str, LabelCode] | None = None) -> Path:
-    """Write (z, y, x) `segmentation`, on `series`' grid in its slice order, as a SEG at `path` (atomically)."""
+              algorithm: Algorithm, label_codes: dict[str, LabelCode] | None = None,
+              regions: list[Region] | None = None) -> Path:
+    """Write (z, y, x) `segmentation`, on `series`' grid in its slice order, as a SEG at `path` (atomically).
+    regions: a region-based model's; each segment is then its whole region (the voxels holding any of its
+    values), so nested segments overlap, as SEG allows."""
     require_dicom_libraries()
     import highdicom as hd
     import pydicom
@@ -81,6 +85,10 @@ def write_seg(segmentation: np.ndarray, series: DicomSeries, labels: dict[str, i
     lookup = np.zeros(int(max(foreground, default=0)) + 1, np.uint16)
     lookup[foreground] = np.arange(1, len(foreground) + 1)
     segments = lookup[segmentation]
+    if regions:
+        by_name = {r.name: r for r in regions}
+        names = [n for n, v in sorted(labels.items(), key=lambda kv: kv[1]) if v != 0]
+        segments = np.stack([np.isin(segmentation, by_name[n].values) for n in names], axis=-1).astype(np.uint8)
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in series.files]
     number = min(MAX_SERIES_NUMBER, (series.series_number or 0) + SERIES_NUMBER_OFFSET)
     seg = hd.seg.Segmentation(

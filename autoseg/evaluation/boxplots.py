@@ -32,7 +32,7 @@ def _box(draw, x: float, width: float, values: np.ndarray, to_y, colour) -> None
 def plot_boxplots(summary: dict, path: Path) -> None:
     from PIL import Image, ImageDraw
 
-    labels = [str(v) for v in summary["labels"]]
+    labels = list(summary["mean"])  # label values, or a region's values joined by "+"
     image = Image.new("RGB", (2 * _PANEL_W, 2 * _PANEL_H), "white")
     draw = ImageDraw.Draw(image)
     for k, (metric, title, fixed) in enumerate(PANELS):

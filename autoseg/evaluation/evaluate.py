@@ -18,6 +18,7 @@ from autoseg.dataset.image_io import file_ending, read_image
 from autoseg.errors import AutosegError, CasesFailed
 from autoseg.evaluation.metrics import DEFAULT_SURFACE, METRIC_NAMES, SURFACE_CONVENTIONS, case_metrics, class_metrics
 from autoseg.jsonio import TEMP_PREFIX, json_safe, write_json_atomic, write_text_atomic
+from autoseg.label_scheme import Target, as_targets
 from autoseg.output_location import check_output_file
 from autoseg.parallel import default_workers, map_cases
 
@@ -44,7 +45,7 @@ def paired_cases(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
 
 
 def _evaluate_case(task):
-    case_id, pred_path, ref_path, labels, tolerance, surface_convention = task
+    case_id, pred_path, ref_path, labels, tolerance, surface_convention, ignore_label = task
     try:
         prediction, pred_geometry = read_image(pred_path)
         reference, ref_geometry = read_image(ref_path)
@@ -62,11 +63,12 @@ def _evaluate_case(task):
     if diffs:
         return case_id, None, f"{pred_path}: geometry differs from the reference ({'; '.join(diffs)})"
     if labels is None:  # every foreground value either map holds
-        labels = sorted((set(np.unique(reference).tolist()) | set(np.unique(prediction).tolist())) - {0})
+        labels = sorted((set(np.unique(reference).tolist()) | set(np.unique(prediction).tolist())) - {0, ignore_label})
     # a 2D file's geometry is still 3D (a unit-less third axis first): its array axes are the last two
     spacing = ref_geometry.spacing[-reference.ndim:]
-    metrics = case_metrics(prediction, reference, spacing, labels, tolerance, surface_convention=surface_convention)
-    return case_id, {str(v): m.as_dict() for v, m in metrics.items()}, None
+    metrics = case_metrics(prediction, reference, spacing, labels, tolerance, ignore_label=ignore_label,
+                           surface_convention=surface_convention)
+    return case_id, {key: m.as_dict() for key, m in metrics.items()}, None
 
 
 def _nanmean(values) -> float:
@@ -74,27 +76,35 @@ def _nanmean(values) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def summarize(cases: list[dict], labels: list[int], tolerance_mm: float, *,
-              surface_convention: str = DEFAULT_SURFACE) -> dict:
-    """Means per class (over cases where the class is defined) and over foreground classes."""
-    mean = {str(v): {m: _nanmean([c["metrics"][str(v)][m] for c in cases]) for m in METRIC_NAMES}
-            for v in labels}
-    foreground = {m: _nanmean([mean[str(v)][m] for v in labels]) for m in MEAN_METRICS}
+def summarize(cases: list[dict], labels: list[Target], tolerance_mm: float, *,
+              surface_convention: str = DEFAULT_SURFACE, ignore_label: int | None = None) -> dict:
+    """Means per class or region (over cases where it is defined) and over all of them. `labels` lists the
+    label values, or for regions each region's values."""
+    keys = [t.key for t in labels]
+    mean = {k: {m: _nanmean([c["metrics"][k][m] for c in cases]) for m in METRIC_NAMES} for k in keys}
+    foreground = {m: _nanmean([mean[k][m] for k in keys]) for m in MEAN_METRICS}
+    regions = any(len(t.values) > 1 for t in labels)
     return {"version": SUMMARY_VERSION, "surface_convention": surface_convention, "tolerance_mm": tolerance_mm,
-            "labels": labels, "num_cases": len(cases),
-            "mean": mean, "foreground_mean": foreground, "cases": cases}
+            "labels": [list(t.values) if regions else t.values[0] for t in labels], "ignore_label": ignore_label,
+            "num_cases": len(cases), "mean": mean, "foreground_mean": foreground, "cases": cases}
 
 
 def evaluate_pairs(pairs: list[tuple[str, Path, Path]], labels=None, tolerance_mm: float = 1.0,
                    workers: int | None = None, progress: bool = True, *,
-                   surface_convention: str = DEFAULT_SURFACE) -> dict:
-    """The summary of (case id, prediction, reference) pairs; raises CasesFailed listing every bad case."""
+                   surface_convention: str = DEFAULT_SURFACE, ignore_label: int | None = None) -> dict:
+    """The summary of (case id, prediction, reference) pairs; raises CasesFailed listing every bad case.
+
+    labels: label values and/or regions (autoseg.label_scheme.Target); None: every foreground value found.
+    ignore_label: reference voxels holding it count nowhere (sparse annotations)."""
     if tolerance_mm <= 0:
         raise AutosegError(f"--tolerance must be positive, got {tolerance_mm}")
     if surface_convention not in SURFACE_CONVENTIONS:
         raise AutosegError(f"--surface must be one of {', '.join(SURFACE_CONVENTIONS)}, got {surface_convention!r}")
-    labels = sorted(int(v) for v in labels) if labels is not None else None
-    tasks = [(case_id, pred, ref, labels, tolerance_mm, surface_convention) for case_id, pred, ref in pairs]
+    labels = sorted(as_targets(labels), key=lambda t: t.values) if labels is not None else None
+    if labels is not None and ignore_label is not None and any(ignore_label in t.values for t in labels):
+        raise AutosegError(f"--ignore-label {ignore_label} is also one of the labels evaluated")
+    tasks = [(case_id, pred, ref, labels, tolerance_mm, surface_convention, ignore_label)
+             for case_id, pred, ref in pairs]
     workers = default_workers() if workers is None else workers
     results, problems = [], []
     for case_id, metrics, problem in map_cases(_evaluate_case, tasks, workers, progress, "evaluate"):
@@ -104,24 +114,24 @@ def evaluate_pairs(pairs: list[tuple[str, Path, Path]], labels=None, tolerance_m
             results.append((case_id, metrics))
     if problems:
         raise CasesFailed(f"{Path(pairs[0][1]).parent}", problems)
-    found = labels if labels is not None else sorted({int(v) for _, m in results for v in m})
+    found = labels if labels is not None else as_targets(sorted({int(v) for _, m in results for v in m}))
     empty = class_metrics(np.zeros(1, bool), np.zeros(1, bool), (1.0,)).as_dict()  # absent from both
     cases = []
     for (case_id, metrics), (_, pred, ref) in zip(results, pairs):
         cases.append({"case": case_id, "prediction": str(pred), "reference": str(ref),
-                      "metrics": {str(v): metrics.get(str(v), empty) for v in found}})
-    return summarize(cases, found, tolerance_mm, surface_convention=surface_convention)
+                      "metrics": {t.key: metrics.get(t.key, empty) for t in found}})
+    return summarize(cases, found, tolerance_mm, surface_convention=surface_convention, ignore_label=ignore_label)
 
 
 def evaluate_folder(pred_dir, ref_dir, labels=None, output=None, tolerance_mm: float = 1.0,
                     workers: int | None = None, progress: bool = True, *,
-                    surface_convention: str = DEFAULT_SURFACE) -> dict:
+                    surface_convention: str = DEFAULT_SURFACE, ignore_label: int | None = None) -> dict:
     """Evaluate PRED_DIR against REF_DIR; writes summary.json (default PRED_DIR/summary.json), cases.csv and
     boxplots.png beside it, and returns the summary."""
     output = Path(output) if output is not None else Path(pred_dir) / SUMMARY_FILE
     check_output_file(output, what="evaluation summary")
     summary = evaluate_pairs(paired_cases(Path(pred_dir), Path(ref_dir)), labels, tolerance_mm, workers, progress,
-                             surface_convention=surface_convention)
+                             surface_convention=surface_convention, ignore_label=ignore_label)
     write_report(summary, output)
     return summary
 

@@ -26,6 +26,7 @@ from autoseg.model.outputs import PROBABILITIES_SUFFIX, load_probabilities
 from autoseg.model.prediction import ensemble_labels
 from autoseg.model.trained import INFERENCE_FILE, trained_folds
 from autoseg.jsonio import json_safe, to_dict, write_json_atomic
+from autoseg.label_scheme import LabelScheme
 from autoseg.output_location import check_output_dir
 from autoseg.planning.plan_types import CONFIGURATION_NAMES, load_plan
 from autoseg.postprocessing import save_postprocessing
@@ -51,7 +52,7 @@ def _crossval_predictions(models: Path, configuration: str, folds, references: d
     return pairs
 
 
-def _ensemble(pairs_by_member: list[list], out_dir: Path):
+def _ensemble(pairs_by_member: list[list], out_dir: Path, scheme: LabelScheme):
     """Average the members' saved probabilities per case, write the argmax label maps; returns the pairs."""
     pairs = []
     for rows in zip(*pairs_by_member):
@@ -59,15 +60,15 @@ def _ensemble(pairs_by_member: list[list], out_dir: Path):
         if any(row[0] != case_id for row in rows):  # both configurations validate the folds of one splits.json
             raise AutosegError(f"{rows[1][1].parent}: validation cases differ from {rows[0][1].parent}; "
                                f"were the configurations trained on different splits?")
-        total, values = None, None
+        total = None
         for _, prediction, _ in rows:
             path = prediction.parent / f"{case_id}{PROBABILITIES_SUFFIX}"
             if not path.is_file():
                 raise AutosegError(f"{path}: missing; retrain or revalidate {prediction.parent.parent.name} of "
                                    f"{prediction.parent.parent.parent.name} to save probabilities")
-            probabilities, values = load_probabilities(path)
+            probabilities, _ = load_probabilities(path)
             total = probabilities.astype(np.float32) if total is None else total + probabilities
-        segmentation = ensemble_labels(total, values)
+        segmentation = ensemble_labels(total, scheme)
         _, geometry = read_image(reference)
         target = out_dir / reference.name
         write_image_like(segmentation, target, geometry.spacing, geometry.origin, geometry.direction,
@@ -83,7 +84,7 @@ def find_best(output_dir, configurations=None, workers: int | None = None, progr
     models = output_dir / "models"
     check_output_dir(models, what="models folder")
     plan = load_plan(output_dir / "plan.json")
-    labels = sorted(v for v in plan.labels.values() if v > 0)
+    scheme = plan.label_scheme
     dataset_dir = load_fingerprint(output_dir / plan.fingerprint_file).dataset_dir
     references = {case.case_id: case.label_file for case in load_dataset(dataset_dir).cases}
     if configurations is None:
@@ -104,11 +105,12 @@ def find_best(output_dir, configurations=None, workers: int | None = None, progr
     pairs = {(c,): _crossval_predictions(models, c, common, references) for c in configurations}
     for a, b in itertools.combinations(configurations, 2):
         out_dir = models / ENSEMBLES_DIR / f"{a}__{b}" / "crossval"
-        pairs[(a, b)] = _ensemble([pairs[(a,)], pairs[(b,)]], out_dir)
+        pairs[(a, b)] = _ensemble([pairs[(a,)], pairs[(b,)]], out_dir, scheme)
 
     candidates = []
     for members, member_pairs in pairs.items():
-        summary = evaluate_pairs(member_pairs, labels, tolerance_mm, workers, progress)
+        summary = evaluate_pairs(member_pairs, scheme.targets, tolerance_mm, workers, progress,
+                                 ignore_label=scheme.ignore_label)
         folder = models / members[0] if len(members) == 1 else models / ENSEMBLES_DIR / "__".join(members)
         write_report(summary, folder / "crossval" / SUMMARY_FILE)
         candidates.append({"configurations": list(members), "foreground_mean_dice": summary["foreground_mean"]["dice"],
@@ -122,7 +124,7 @@ def find_best(output_dir, configurations=None, workers: int | None = None, progr
         return (-(dice if dice == dice else -1.0), simplicity)  # NaN ranks last
     best = min(candidates, key=rank)
     best_members = tuple(best["configurations"])
-    decision, report = decide_postprocessing(pairs[best_members], labels, workers, progress)
+    decision, report = decide_postprocessing(pairs[best_members], scheme, workers, progress)
     if len(best_members) == 1:
         save_postprocessing(decision, models / best_members[0])
     choice = {"version": INFERENCE_VERSION, "configurations": list(best_members), "folds": sorted(common),

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from autoseg.label_scheme import as_targets, target_mask
+
 METRIC_NAMES = ("dice", "iou", "hd95", "nsd", "tp", "fp", "fn", "pred_volume_mm3", "ref_volume_mm3")
 SURFACE_CONVENTIONS = ("elements", "voxels")
 DEFAULT_SURFACE = "elements"
@@ -270,7 +272,13 @@ def class_metrics(prediction: np.ndarray, reference: np.ndarray, spacing, tolera
 
 
 def case_metrics(prediction: np.ndarray, reference: np.ndarray, spacing, labels, tolerance_mm: float = 1.0, *,
-                 surface_convention: str = DEFAULT_SURFACE) -> dict[int, ClassMetrics]:
-    """class_metrics for every label value (a value of a region's list would be a union: not supported)."""
-    return {int(v): class_metrics(prediction == v, reference == v, spacing, tolerance_mm,
-                                  surface_convention=surface_convention) for v in labels}
+                 ignore_label: int | None = None, surface_convention: str = DEFAULT_SURFACE) -> dict[str, ClassMetrics]:
+    """class_metrics for every label value or region (autoseg.label_scheme.Target), keyed by Target.key;
+    voxels the reference marks with ignore_label are left out of both masks."""
+    valid = None if ignore_label is None else reference != ignore_label
+    out = {}
+    for target in as_targets(labels):
+        p = target_mask(prediction, target)
+        out[target.key] = class_metrics(p if valid is None else p & valid, target_mask(reference, target), spacing,
+                                        tolerance_mm, surface_convention=surface_convention)
+    return out

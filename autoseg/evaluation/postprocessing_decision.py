@@ -1,7 +1,8 @@
 """Deciding a model's postprocessing from its cross-validation predictions.
 
 First: keep only the largest connected component of all foreground together. Then, for each
-class: keep only that class's largest component. A step is kept only when it raises the mean
+class: keep only that class's largest component (classes only: a region-based model's label values
+are pieces of several regions, so only the first step is tried). A step is kept only when it raises the mean
 foreground Dice and lowers no class's Dice (means over cases where the class is defined).
 A class's own step only turns that class's voxels into background, so it changes no other
 class's Dice: the per-class steps are decided independently, after the first.
@@ -13,30 +14,33 @@ import math
 import numpy as np
 
 from autoseg.dataset.image_io import read_image
-from autoseg.overlap import dice_per_class
+from autoseg.label_scheme import LabelScheme, Target
+from autoseg.overlap import dice_per_target
 from autoseg.parallel import default_workers, map_cases
 from autoseg.postprocessing import Postprocessing, apply_postprocessing, keep_largest_component
 
 
 def _dice_pair(task):
-    """Per-class Dice of one case without and with a step."""
-    pred_path, ref_path, labels, foreground_first = task
+    """Per-target Dice of one case without and with a step."""
+    pred_path, ref_path, scheme, foreground_first = task
     prediction, _ = read_image(pred_path)
     reference, _ = read_image(ref_path)
     if foreground_first is None:  # the first decision: the whole foreground's largest component
         before = prediction
         after = apply_postprocessing(prediction, Postprocessing(largest_component_of_foreground=True))
-        return dice_per_class(before, reference, labels), dice_per_class(after, reference, labels)
+        return tuple(dice_per_target(p, reference, scheme.targets, scheme.ignore_label) for p in (before, after))
+    labels = [v for v in scheme.output_values if v > 0]
     base = apply_postprocessing(prediction, Postprocessing(largest_component_of_foreground=foreground_first))
     with_step = {}
     for value in labels:  # each class's step on its own: only that class's Dice can change
         mask = base == value
         kept = np.where(mask & ~keep_largest_component(mask), 0, base)
-        with_step[value] = dice_per_class(kept, reference, [value])[value]
-    return dice_per_class(base, reference, labels), with_step
+        with_step[str(value)] = dice_per_target(kept, reference, [Target(str(value), (value,))],
+                                                scheme.ignore_label)[str(value)]
+    return dice_per_target(base, reference, scheme.targets, scheme.ignore_label), with_step
 
 
-def _means(rows: list[dict], labels) -> dict[int, float]:
+def _means(rows: list[dict], labels) -> dict[str, float]:
     out = {}
     for value in labels:
         finite = [r[value] for r in rows if not math.isnan(r[value])]
@@ -53,20 +57,26 @@ def _improves(before: dict[int, float], after: dict[int, float]) -> bool:
     return np.mean([after[v] for v in defined]) > np.mean([before[v] for v in defined]) + 1e-12
 
 
-def decide_postprocessing(pairs, labels, workers: int | None = None,
+def decide_postprocessing(pairs, scheme: LabelScheme | list[int], workers: int | None = None,
                           progress: bool = True) -> tuple[Postprocessing, dict]:
-    """The steps worth applying to these (case, prediction, reference) pairs, and the Dice behind the choice."""
-    labels = [int(v) for v in labels]
+    """The steps worth applying to these (case, prediction, reference) pairs, and the Dice behind the choice.
+    scheme: the model's label scheme, or plain foreground label values."""
+    if not isinstance(scheme, LabelScheme):
+        scheme = LabelScheme({"background": 0, **{str(int(v)): int(v) for v in scheme}})
+    keys = [t.key for t in scheme.targets]
     workers = default_workers() if workers is None else workers
-    tasks = [(pred, ref, labels, None) for _, pred, ref in pairs]
+    tasks = [(pred, ref, scheme, None) for _, pred, ref in pairs]
     results = list(map_cases(_dice_pair, tasks, workers, progress, "postprocessing (foreground)"))
-    plain, largest = _means([r[0] for r in results], labels), _means([r[1] for r in results], labels)
+    plain, largest = _means([r[0] for r in results], keys), _means([r[1] for r in results], keys)
     foreground = _improves(plain, largest)
-    tasks = [(pred, ref, labels, foreground) for _, pred, ref in pairs]
-    results = list(map_cases(_dice_pair, tasks, workers, progress, "postprocessing (classes)"))
-    base = _means([r[0] for r in results], labels)
-    per_class = _means([r[1] for r in results], labels)
-    classes = [v for v in labels if _improves({v: base[v]}, {v: per_class[v]})]
+    classes = []
+    base, per_class = plain if not foreground else largest, {}
+    if not scheme.uses_regions:
+        tasks = [(pred, ref, scheme, foreground) for _, pred, ref in pairs]
+        results = list(map_cases(_dice_pair, tasks, workers, progress, "postprocessing (classes)"))
+        base = _means([r[0] for r in results], keys)
+        per_class = _means([r[1] for r in results], keys)
+        classes = [int(k) for k in keys if _improves({k: base[k]}, {k: per_class[k]})]
     report = {"dice_without": plain, "dice_foreground_largest_component": largest,
               "dice_after_first_step": base, "dice_class_largest_component": per_class}
     return Postprocessing(largest_component_of_foreground=foreground, largest_component_of_classes=classes), report

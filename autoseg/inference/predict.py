@@ -384,4 +384,4 @@ def write_case_seg(predictor: Predictor, case, segmentation, path: Path) -> None
     algorithm = Algorithm(name=source.parent.name if source.name == "models" else source.name, version=__version__, package_sha256=models.package_sha256,
                           description=" + ".join(f"{m.configuration} folds {','.join(m.folds)}" for m in models.models))
     write_seg(segmentation, case.reference, models.plan.labels, path, algorithm=algorithm,
-              label_codes=models.plan.label_codes)
+              label_codes=models.plan.label_codes, regions=models.plan.regions)

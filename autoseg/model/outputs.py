@@ -32,8 +32,14 @@ def load_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise AutosegError(f"{path}: unreadable probabilities file ({type(e).__name__}: {e})") from None
 
 
-def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
-    """Voxel-wise entropy over classes divided by log(classes): 0 = certain, 1 = all classes equally likely."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.where(probabilities > 0, probabilities * np.log(probabilities), 0.0).sum(0)
-    return (entropy / math.log(len(probabilities))).astype(np.float32)
+def normalized_entropy(probabilities: np.ndarray, *, regions: bool = False) -> np.ndarray:
+    """Voxel-wise entropy over classes divided by log(classes): 0 = certain, 1 = all classes equally likely.
+    regions: each channel is its own yes/no (a sigmoid); the least certain region's entropy over log 2."""
+    def plogp(p):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(p > 0, p * np.log(p), 0.0)
+
+    if regions:
+        binary = -(plogp(probabilities) + plogp(1 - probabilities))
+        return (binary.max(0) / math.log(2)).astype(np.float32)
+    return (-plogp(probabilities).sum(0) / math.log(len(probabilities))).astype(np.float32)

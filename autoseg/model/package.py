@@ -30,6 +30,7 @@ from autoseg import __version__
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.jsonio import atomic_path, from_dict, json_safe, remove_dead_temps, to_dict
+from autoseg.label_scheme import Region
 from autoseg.output_location import check_free_space, check_output_file
 from autoseg.model.checkpoint import FINAL, read_fold_weights
 from autoseg.model.input_checks import TrainingSummary, training_summary
@@ -74,6 +75,8 @@ class ModelCard:
     weights_dtype: str = "float32"
     # per "<configuration> fold <k>": how it was trained (its recipe.json in one line; the file is packed too)
     training_recipes: dict[str, str] = field(default_factory=dict)
+    regions: list[Region] = field(default_factory=list)  # region-based: each label's region, written in order
+    ignore_label: int | None = None  # trained on sparse labels: this value marked unannotated voxels
 
 
 @dataclass
@@ -205,7 +208,7 @@ def export_package(output_dir, package_path, options: ExportOptions | None = Non
                                for p in packaged for name in [p.name] if name in configurations},
         autoseg_version=__version__, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         description=options.description, weights_dtype="float16" if options.half else "float32",
-        training_recipes=recipes)
+        training_recipes=recipes, regions=list(plan.regions), ignore_label=plan.ignore_label)
     members[CARD_JSON] = _json_bytes(card)
     members[CARD_MD] = format_card(card).encode()
     info = PackageInfo(PACKAGE_FORMAT_VERSION, __version__, PLAN_VERSION, list(configurations), packaged)
@@ -253,6 +256,11 @@ def format_card(card: ModelCard) -> str:
               f"- training cases: {card.num_training_cases or 'unknown'}",
               f"- input channels: {', '.join(f'{k}: {v}' for k, v in card.channel_names.items())}",
               f"- labels: {', '.join(f'{v} {k}' for k, v in sorted(card.labels.items(), key=lambda kv: kv[1]))}",
+              *([f"- regions (one sigmoid each; label maps write them in this order, later over earlier): "
+                 + ", ".join(f"{r.name} = values {r.values}, written as {card.labels[r.name]}" for r in card.regions)]
+                if card.regions else []),
+              *([f"- trained on sparse labels (value {card.ignore_label} marked unannotated voxels); predictions are "
+                 f"dense"] if card.ignore_label is not None else []),
               f"- voxel orientation used inside the model: {card.orientation} (any input orientation is accepted)",
               f"- weights: {card.weights_dtype}",
               f"- autoseg {card.autoseg_version}, created {card.created}", "",

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.model.cascade import one_hot_channels
+from autoseg.label_scheme import LabelScheme
+from autoseg.model.cascade import cascade_classes, one_hot_channels
 from autoseg.model.outputs import normalized_entropy, save_probabilities
-from autoseg.model.sliding_window import STEP, predict_logits, softmax_
+from autoseg.model.sliding_window import STEP, predict_logits
 from autoseg.planning.plan_types import Plan
 from autoseg.postprocessing import Postprocessing, apply_postprocessing
 from autoseg.preprocessing.case import (label_on_grid_of, restore_probabilities, restore_segmentation,
@@ -59,13 +60,8 @@ def network_logits(member: Member, image: np.ndarray, settings: InferenceSetting
     """(classes, *grid) the folds' mean logits on the preprocessed grid (Gaussian-weighted sliding window)."""
     config = member.plan.configurations[member.configuration]
     mirror_axes = tuple(range(config.ndim)) if settings.mirror else ()
-    return predict_logits(member.networks, image, config.patch_size, len(member.plan.labels), settings.device,
-                          mirror_axes, settings.amp_dtype, settings.step)
-
-
-def network_probabilities(member: Member, image: np.ndarray, settings: InferenceSettings) -> torch.Tensor:
-    """(classes, *grid) softmax probabilities on the preprocessed grid."""
-    return softmax_(network_logits(member, image, settings))
+    return predict_logits(member.networks, image, config.patch_size, member.plan.label_scheme.output_channels,
+                          settings.device, mirror_axes, settings.amp_dtype, settings.step)
 
 
 def case_logits(member: Member, prepared: PreparedInput, settings: InferenceSettings) -> torch.Tensor:
@@ -77,18 +73,16 @@ def case_logits(member: Member, prepared: PreparedInput, settings: InferenceSett
     image = prepared.image
     if member.previous_stage is not None:
         stage, low = member.previous_stage, prepared.previous
-        low_logits = network_logits(stage, low.image, settings)
-        segmentation = label_on_grid_of(low_logits.argmax(0).numpy().astype(np.uint8), low.props,
-                                        prepared.props, stage.plan)
-        image = np.concatenate([image, one_hot_channels(segmentation, low_logits.shape[0])])
+        low_labels = stage.plan.label_scheme.label_map(network_logits(stage, low.image, settings).numpy())
+        segmentation = label_on_grid_of(low_labels, low.props, prepared.props, stage.plan)
+        image = np.concatenate([image, one_hot_channels(segmentation, cascade_classes(stage.plan))])
     return network_logits(member, image, settings)
 
 
-def ensemble_labels(probabilities: np.ndarray, label_values) -> np.ndarray:
-    """The ensemble rule: argmax of (mean) probabilities over classes -> label values (ties: lower class)."""
-    values = np.asarray(sorted(label_values))
-    dtype = np.uint8 if values.max() < 256 and values.min() >= 0 else np.int16
-    return values.astype(dtype)[np.asarray(probabilities).argmax(0)]
+def ensemble_labels(probabilities: np.ndarray, scheme: LabelScheme) -> np.ndarray:
+    """The ensemble rule: argmax of (mean) probabilities over classes -> label values (ties: lower class);
+    for regions, each region where its mean probability is above one half, written in order."""
+    return scheme.label_map(probabilities, probabilities=True)
 
 
 @dataclass(frozen=True)
@@ -108,7 +102,8 @@ class Restored:
     segmentation: np.ndarray
     probabilities: np.ndarray | None
     props: CaseProperties  # the first member's, for the scan's geometry
-    label_values: list[int]
+    label_values: list[int]  # of each probability channel
+    regions: bool = False  # probabilities are one sigmoid per region, not a softmax over classes
 
 
 def restore(members: list[tuple[np.ndarray, CaseProperties, Plan]], *, postprocessing: Postprocessing | None = None,
@@ -117,7 +112,7 @@ def restore(members: list[tuple[np.ndarray, CaseProperties, Plan]], *, postproce
     scan's own grid (one member: the argmax of the resampled logits class by class, the memory-light path;
     several: each member's softmax of its resampled logits, averaged on the scan's grid where all members
     meet), then postprocesses."""
-    values = sorted(members[0][2].labels.values())
+    scheme = members[0][2].label_scheme
     restored = None
     if len(members) == 1:
         logits, props, plan = members[0]
@@ -129,10 +124,10 @@ def restore(members: list[tuple[np.ndarray, CaseProperties, Plan]], *, postproce
             member = restore_probabilities(logits, props, plan, from_logits=True)
             restored = member if restored is None else restored + member
         restored /= len(members)
-        segmentation = ensemble_labels(restored, values)
+        segmentation = ensemble_labels(restored, scheme)
     if postprocessing is not None and not postprocessing.is_identity:
         segmentation = apply_postprocessing(segmentation, postprocessing)
-    return Restored(segmentation, restored, members[0][1], values)
+    return Restored(segmentation, restored, members[0][1], scheme.output_values, scheme.uses_regions)
 
 
 def write_outputs(restored: Restored, files: OutputFiles, *, before_label_map=None) -> None:
@@ -143,7 +138,8 @@ def write_outputs(restored: Restored, files: OutputFiles, *, before_label_map=No
         save_probabilities(files.probabilities, p.astype(np.float16) if files.half_probabilities else p,
                            restored.label_values)
     if files.entropy is not None:
-        write_like_source(normalized_entropy(restored.probabilities), restored.props, files.entropy)
+        write_like_source(normalized_entropy(restored.probabilities, regions=restored.regions), restored.props,
+                          files.entropy)
     if before_label_map is not None:
         before_label_map()
     if files.label_map is not None:

@@ -7,6 +7,7 @@ from typing import Literal
 from autoseg.dataset.label_codes import LabelCode
 from autoseg.errors import AutosegError
 from autoseg.jsonio import load_versioned, write_json_atomic
+from autoseg.label_scheme import LabelScheme, Region
 
 PLAN_VERSION = 2
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
@@ -90,6 +91,13 @@ class Plan:
     resampling: Resampling
     configurations: dict[str, Configuration] = field(default_factory=dict)
     label_codes: dict[str, LabelCode] = field(default_factory=dict)  # dataset.json's, for DICOM SEG segments
+    # region-based training: sigmoid outputs per region, `labels` holds each region's value in label maps
+    regions: list[Region] = field(default_factory=list)
+    ignore_label: int | None = None  # unannotated voxels (sparse labels): skipped by loss, sampler and metrics
+
+    @property
+    def label_scheme(self) -> LabelScheme:
+        return LabelScheme.of(self)
 
 
 def save_plan(plan: Plan, path) -> None:

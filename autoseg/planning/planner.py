@@ -110,7 +110,8 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
     new_shapes = [resampled_shape(shape, sp, fullres_spacing) for sp, shape in zip(spacings, shapes)]
     median_shape = np.median(np.array(new_shapes, dtype=np.float64), axis=0)[forward]
     spacing_t = fullres_spacing[forward]
-    num_classes = len(fingerprint.labels)
+    # as nnU-Net counts dataset.json's labels for its memory model: background and ignore included
+    num_classes = len(fingerprint.labels) + (fingerprint.ignore_label is not None)
     num_cases = len(fingerprint.cases)
     n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * num_cases)
 
@@ -143,4 +144,5 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
         original_median_shape=[float(s) for s in np.median(shapes, axis=0)[forward]],
         channel_names=dict(fingerprint.channel_names), labels=dict(fingerprint.labels),
         normalization=plan_normalization(fingerprint), resampling=Resampling(), configurations=chosen,
-        label_codes=dict(fingerprint.label_codes))
+        label_codes=dict(fingerprint.label_codes), regions=list(fingerprint.regions),
+        ignore_label=fingerprint.ignore_label)

@@ -15,7 +15,7 @@ from autoseg.preprocessing.normalize import normalize, zscore_mask
 from autoseg.preprocessing.properties import PROPERTIES_VERSION, CaseProperties, SourceGeometry
 from autoseg.planning.spacing import resampled_shape
 from autoseg.preprocessing.resample import (axis_kernels, resample_argmax, resample_image, resample_label,
-                                            resample_volume, separate_coarse_axis)
+                                            resample_regions, resample_volume, separate_coarse_axis)
 
 KERNEL_OF_ORDER = {0: "nearest", 1: "linear", 3: "cubic"}
 CLASS_LOCATIONS_PER_CLASS = 10_000
@@ -69,7 +69,7 @@ def preprocess_case(case: CaseData, plan: Plan, configuration: str, signature: s
     locations = {}
     if label is not None:
         label = resample_label(label, new_shape, _kernels(plan, spacing, target, "linear"))
-        locations = class_locations(label, sorted(plan.labels.values()), case.case_id)
+        locations = class_locations(label, plan.label_scheme.foreground_values, case.case_id)
     g = case.geometry
     source = SourceGeometry(list(case.image.shape[1:]), list(g.spacing), list(g.origin), list(g.direction), file_format,
                             base64.b64encode(nifti_header).decode() if nifti_header else None)
@@ -96,33 +96,44 @@ def restore_label(label: np.ndarray, props: CaseProperties, plan: Plan) -> np.nd
 
 def restore_probabilities(scores: np.ndarray, props: CaseProperties, plan: Plan, *,
                           from_logits: bool = False) -> np.ndarray:
-    """(C, grid) class probabilities on the preprocessed grid -> (C, source grid); background is 1 outside the crop.
+    """(C, grid) class (or region) probabilities on the preprocessed grid -> (C, source grid); outside the
+    crop: background for classes (1 in channel 0), no region for regions (0 everywhere).
 
     from_logits: the scores are logits, resampled first and turned into probabilities on the source grid
-    (softmax over classes), as nnU-Net does when it exports a prediction."""
+    (softmax over classes, a sigmoid per region), as nnU-Net does when it exports a prediction."""
     kernels = _kernels(plan, props.target_spacing, props.spacing, "linear")
     cropped = np.empty((len(scores),) + tuple(props.shape_after_crop), np.float32)
     for channel, target in zip(scores, cropped):
         resample_volume(channel, props.shape_after_crop, kernels, out=target)
-    if from_logits:
+    regions = plan.label_scheme.uses_regions
+    if from_logits and regions:
+        np.negative(cropped, out=cropped)  # 1 / (1 + exp(-x)), in place
+        np.exp(cropped, out=cropped)
+        cropped += 1
+        np.reciprocal(cropped, out=cropped)
+    elif from_logits:
         cropped -= cropped.max(axis=0, keepdims=True)  # a stable softmax, in place
         np.exp(cropped, out=cropped)
         cropped /= cropped.sum(axis=0, keepdims=True)
-    return np.stack([_uncrop_and_untranspose(channel, props, plan, 1.0 if c == 0 else 0.0)
+    return np.stack([_uncrop_and_untranspose(channel, props, plan, 1.0 if c == 0 and not regions else 0.0)
                      for c, channel in enumerate(cropped)])
 
 
 def restore_segmentation(scores, props: CaseProperties, plan: Plan) -> np.ndarray:
-    """(C, grid) class probabilities (or any per-class scores) on the preprocessed grid -> the label map
-    on the source grid (argmax; ties go to the lower class).
+    """(C, grid) logits on the preprocessed grid -> the label map on the source grid: the argmax over
+    classes (ties go to the lower class), or the regions written in order where their logit is above 0.
 
-    Resampled a block of slabs at a time (resample_argmax), so memory stays at one label map of the
-    source's size plus a slab per class, whatever the size of the scan.
+    Resampled a block of slabs at a time (resample_argmax, resample_regions), so memory stays at one label
+    map of the source's size plus a slab per class, whatever the size of the scan.
     """
     kernels = _kernels(plan, props.target_spacing, props.spacing, "linear")
-    best_class = resample_argmax(np.asarray(scores), props.shape_after_crop, kernels)
-    values = np.asarray(sorted(plan.labels.values()))
-    segmentation = values.astype(np.uint8 if values.max() < 256 and values.min() >= 0 else np.int16)[best_class]
+    scheme = plan.label_scheme
+    values = np.asarray(scheme.output_values)
+    dtype = np.uint8 if values.max() < 256 and values.min() >= 0 else np.int16
+    if scheme.uses_regions:
+        segmentation = resample_regions(np.asarray(scores), props.shape_after_crop, kernels, values, dtype)
+    else:
+        segmentation = values.astype(dtype)[resample_argmax(np.asarray(scores), props.shape_after_crop, kernels)]
     return _uncrop_and_untranspose(segmentation, props, plan, 0)
 
 

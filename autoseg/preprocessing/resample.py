@@ -174,21 +174,28 @@ def resample_volume(volume: np.ndarray, new_shape, kernels: list[str], *, clip: 
     return out
 
 
+def _resampled_slabs(volumes: np.ndarray, new_shape, kernels: list[str]):
+    """(block, [slab of each volume]) for every block of output slabs, each volume resampled (clamped as
+    resample_volume); no resampled float volume of full size ever exists."""
+    geometry = _Geometry(volumes.shape[1:], new_shape, kernels)
+    ranges = [_ranges(v, geometry.separate) for v in volumes]
+    for block in geometry.blocks():
+        yield block, (_resample_slab(volumes[c][_rows(block)], geometry, block, np.float32, ranges[c])
+                      for c in range(len(volumes)))
+
+
 def resample_argmax(volumes: np.ndarray, new_shape, kernels: list[str]) -> np.ndarray:
     """Index of the largest of C volumes (C, z, y, x) after resampling each to new_shape (clamped as
     resample_volume); ties go to the lower index, like argmax.
 
-    Computed one block of output slabs at a time, so no resampled float volume of full size ever
-    exists: restoring a CT's class probabilities to its own grid costs a slab, not a volume, per class.
+    Computed one block of output slabs at a time (_resampled_slabs): restoring a CT's class probabilities
+    to its own grid costs a slab, not a volume, per class.
     """
     new_shape = tuple(int(s) for s in new_shape)
     out = np.empty(new_shape, np.uint8 if len(volumes) <= 256 else np.int16)
-    geometry = _Geometry(volumes.shape[1:], new_shape, kernels)
-    ranges = [_ranges(v, geometry.separate) for v in volumes]
-    for block in geometry.blocks():
+    for block, slabs in _resampled_slabs(volumes, new_shape, kernels):
         best = index = None
-        for c in range(len(volumes)):
-            slab = _resample_slab(volumes[c][_rows(block)], geometry, block, np.float32, ranges[c])
+        for c, slab in enumerate(slabs):
             if best is None:
                 best, index = np.array(slab, dtype=np.float32), np.zeros(slab.shape, out.dtype)
                 continue
@@ -196,6 +203,18 @@ def resample_argmax(volumes: np.ndarray, new_shape, kernels: list[str]) -> np.nd
             index[better] = c
             np.maximum(best, slab, out=best)
         out[block[0]:block[1]] = index
+    return out
+
+
+def resample_regions(logits: np.ndarray, new_shape, kernels: list[str], values, dtype) -> np.ndarray:
+    """The region rule on resampled logits, a block of slabs at a time: region after region, in order, its
+    value where its logit is above 0 (sigmoid above one half)."""
+    new_shape = tuple(int(s) for s in new_shape)
+    out = np.zeros(new_shape, dtype)
+    for block, slabs in _resampled_slabs(logits, new_shape, kernels):
+        target = out[block[0]:block[1]]
+        for slab, value in zip(slabs, values):
+            target[slab > 0] = value
     return out
 
 

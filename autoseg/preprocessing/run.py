@@ -39,6 +39,8 @@ def case_signature(plan: Plan, configuration: str, case: Case) -> str:
                  "transpose": plan.transpose_forward, "spacing": config.spacing,
                  "normalization": to_dict(plan.normalization), "resampling": to_dict(plan.resampling),
                  "labels": plan.labels}
+    if plan.regions or plan.ignore_label is not None:  # the sampler's class locations follow these
+        decisions["sampled_values"] = plan.label_scheme.foreground_values
     files = []
     for path in (*case.image_files, case.label_file):
         stat = path.stat()

@@ -7,6 +7,7 @@ interrupted and resumed: a resumed run sees exactly the batches an uninterrupted
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +16,31 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from autoseg.training.augmentation import AugmentationSettings, build_transforms, sample_size
 from autoseg.model.cascade import one_hot_channels
+from autoseg.preprocessing.crop import OUTSIDE
 from autoseg.training.sampler import PatchSampler, open_cases
 
 TRAIN_STREAM, VALIDATION_STREAM = 0, 1
 
 
+@dataclass(frozen=True)
+class CaseSource:
+    """Which preprocessed cases the batches come from, and what their labels mean to the sampler and the loss."""
+
+    folder: Path
+    case_ids: tuple[str, ...]
+    previous: dict[str, Path] | None = None  # the cascade's previous-stage segmentations, one-hot input channels
+    previous_classes: int = 0  # one_hot_channels' K for them
+    # the foreground guarantee centres on one of these, each a class's or a region's label values; None: on
+    # any stored class
+    sampling_groups: tuple[tuple[int, ...], ...] | None = None
+    ignore_label: int | None = None  # becomes OUTSIDE in the target: no loss, no pseudo-Dice there
+
+
 class IndexedBatches(Dataset):
-    def __init__(self, folder: Path, case_ids: list[str], settings: AugmentationSettings, batch_size: int,
-                 seed: int, stream: int, rank: int, augment: bool, previous: dict[str, Path] | None = None,
-                 num_classes: int = 0):
-        """previous/num_classes: the cascade's previous-stage segmentations, fed as one-hot input channels."""
-        self.folder, self.case_ids, self.settings = Path(folder), list(case_ids), settings
+    def __init__(self, source: CaseSource, settings: AugmentationSettings, batch_size: int, seed: int, stream: int,
+                 rank: int, augment: bool):
+        self.source, self.settings = source, settings
         self.batch_size, self.seed, self.stream, self.rank, self.augment = batch_size, seed, stream, rank, augment
-        self.previous, self.num_classes = previous, num_classes
         self._sampler = self._transforms = None  # opened lazily in each worker (memory maps do not pickle well)
 
     def __len__(self) -> int:  # indices come from IndexRange; the length is never used to stop
@@ -36,8 +49,9 @@ class IndexedBatches(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self._sampler is None:
             size = sample_size(self.settings) if self.augment else self.settings.patch_size
-            self._sampler = PatchSampler(open_cases(self.folder, self.case_ids, self.previous),
-                                         self.settings.patch_size, size)
+            source = self.source
+            cases = open_cases(Path(source.folder), list(source.case_ids), source.previous, source.sampling_groups)
+            self._sampler = PatchSampler(cases, self.settings.patch_size, size)
             self._transforms = build_transforms(self.settings) if self.augment else None
         seeds = [self.seed, self.stream, self.rank, int(index)]
         rng = np.random.default_rng(seeds)
@@ -50,9 +64,13 @@ class IndexedBatches(Dataset):
             batch = self._transforms(**batch)
         data, seg = batch["data"], batch["seg"]
         if seg.shape[1] > 1:  # cascade: the augmented previous-stage segmentation becomes input channels
-            data = np.concatenate([data, one_hot_channels(seg[:, 1], self.num_classes).swapaxes(0, 1)], axis=1)
+            data = np.concatenate([data, one_hot_channels(seg[:, 1], self.source.previous_classes).swapaxes(0, 1)],
+                                  axis=1)
+        target = np.ascontiguousarray(seg[:, 0]).astype(np.int64)
+        if self.source.ignore_label is not None:
+            target[target == self.source.ignore_label] = OUTSIDE
         return {"data": torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
-                "target": torch.from_numpy(np.ascontiguousarray(seg[:, 0]).astype(np.int64))}
+                "target": torch.from_numpy(target)}
 
 
 class IndexRange(Sampler):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoseg.errors import AutosegError
+from autoseg.model.cascade import cascade_classes
 from autoseg.planning.plan_types import Plan
 
 NEXT_STAGE_DIR = "predicted_next_stage"
@@ -17,7 +18,7 @@ NEXT_STAGE_DIR = "predicted_next_stage"
 
 def cascade_input_channels(plan: Plan, configuration: str) -> int:
     """Input channels of a configuration's network: the images', plus one per foreground class in a cascade."""
-    extra = len(plan.labels) - 1 if plan.configurations[configuration].previous_stage else 0
+    extra = cascade_classes(plan) - 1 if plan.configurations[configuration].previous_stage else 0
     return len(plan.channel_names) + extra
 
 

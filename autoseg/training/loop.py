@@ -26,12 +26,14 @@ from autoseg.planning.plan_types import Configuration, Plan, load_plan, save_pla
 from autoseg.preprocessing.run import preprocessed_folder
 from autoseg.training import distributed
 from autoseg.training.augmentation import augmentation_settings
-from autoseg.training.batches import TRAIN_STREAM, VALIDATION_STREAM, IndexedBatches, batch_iterator
+from autoseg.model.cascade import cascade_classes
+from autoseg.training.batches import TRAIN_STREAM, VALIDATION_STREAM, CaseSource, IndexedBatches, batch_iterator
 from autoseg.training.cascade import NEXT_STAGE_DIR, cascade_input_channels, previous_stage_predictions
 from autoseg.model.checkpoint import BEST, FINAL, LATEST
 from autoseg.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from autoseg.training.budget import BudgetClock
-from autoseg.training.loss import deep_supervision_weights, dice_ce_loss
+from autoseg.training.epoch_validation import validation_pass
+from autoseg.training.loss import Objective, deep_supervision_weights
 from autoseg.model.device import machine_description
 from autoseg.model.network import build_network
 from autoseg.training.options import TrainOptions
@@ -127,7 +129,7 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
     previous = None
     if config.previous_stage:
         previous = previous_stage_predictions(output_dir, plan, configuration, case_ids)
-    in_channels, num_classes = cascade_input_channels(plan, configuration), len(plan.labels)
+    in_channels, num_classes = cascade_input_channels(plan, configuration), plan.label_scheme.output_channels
     amp_dtype = autocast_dtype(options.precision, device)
     state = _State()
     probe_start = time.monotonic()
@@ -303,15 +305,19 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         # on a CPU device the model needs the cores; one worker keeps up with a CPU-speed step
         workers = 1 if device.type == "cpu" else max(1, min(12, cpus // ranks.world_size - 1))
+    scheme = plan.label_scheme
+    sources = [CaseSource(data_folder, tuple(ids), previous, cascade_classes(plan),
+                          tuple(t.values for t in scheme.targets), scheme.ignore_label) for ids in (train_ids, val_ids)]
     train_batches = batch_iterator(
-        IndexedBatches(data_folder, train_ids, settings, batch_size, options.seed, TRAIN_STREAM, ranks.rank, True,
-                       previous, len(plan.labels)),
+        IndexedBatches(sources[0], settings, batch_size, options.seed, TRAIN_STREAM, ranks.rank, True),
         state.iteration, workers, device.type == "cuda")
     val_iterations = recipe.val_iterations
     val_batches = batch_iterator(
-        IndexedBatches(data_folder, val_ids, settings, batch_size, options.seed, VALIDATION_STREAM, ranks.rank,
-                       False, previous, len(plan.labels)), state.epoch * val_iterations, 0, False)
-    weights = deep_supervision_weights(config.num_stages - 1)
+        IndexedBatches(sources[1], settings, batch_size, options.seed, VALIDATION_STREAM, ranks.rank, False),
+        state.epoch * val_iterations, 0, False)
+    objective = Objective(tuple(deep_supervision_weights(config.num_stages - 1)), config.batch_dice,
+                          tuple(t.values for t in scheme.targets) if scheme.uses_regions else (),
+                          tuple(scheme.output_values) if scheme.uses_regions else ())
     model = DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None) \
         if ranks.active else network
     clock = BudgetClock(options.time_budget_s, state.train_seconds)
@@ -330,8 +336,8 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = next(train_batches)
-            losses.append(train_step(model, optimizer, scaler, batch, device, weights, config.batch_dice,
-                                     options.grad_clip, amp_dtype))
+            losses.append(train_step(model, optimizer, scaler, batch, device, objective, options.grad_clip,
+                                     amp_dtype))
             state.iteration += 1
             state.train_seconds = distributed.broadcast_float(clock.seconds, ranks)
             step_s = (time.monotonic() - epoch_start) / len(losses)
@@ -342,8 +348,8 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
                 break
         iterations_time = time.monotonic() - epoch_start
         tail_start = time.monotonic()
-        val_loss, dice, example = _validation_pass(network, val_batches, val_iterations, device, len(plan.labels),
-                                                   config.batch_dice, amp_dtype, ranks)
+        val_loss, dice, example = validation_pass(network, val_batches, val_iterations, device, objective,
+                                                  amp_dtype, ranks)
         state.epoch += 1
         mean_dice = float(np.nanmean(dice)) if np.isfinite(dice).any() else None
         if mean_dice is not None:
@@ -357,8 +363,7 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
         state.train_seconds = distributed.broadcast_float(
             max(clock.seconds, clock.budget_s) if last else clock.seconds, ranks)
         line = {"epoch": state.epoch, "iterations": len(losses), "train_loss": train_loss, "val_loss": val_loss,
-                "pseudo_dice": {name: json_safe(float(dice[value - 1])) for name, value in plan.labels.items()
-                                if value > 0},
+                "pseudo_dice": {t.name: json_safe(float(d)) for t, d in zip(scheme.targets, dice)},
                 "mean_pseudo_dice": mean_dice, "ema_pseudo_dice": state.ema, "lr": lr,
                 "iterations_time_s": iterations_time, "epoch_time_s": time.monotonic() - epoch_start,
                 "train_seconds": clock.seconds}
@@ -382,41 +387,6 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
 
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
-
-
-@torch.inference_mode()
-def _validation_pass(network, batches, iterations: int, device, num_classes: int, batch_dice: bool,
-                     amp_dtype, ranks) -> tuple[float, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Loss and pseudo-Dice per foreground class over `iterations` unaugmented validation patches
-    (true/false positives and false negatives summed over all of them, and over ranks), and the first
-    patch's middle slice (image channel 0, reference, prediction) for tracking."""
-    network.eval()
-    counts = torch.zeros(3, num_classes - 1, dtype=torch.float64)
-    loss_sum = 0.0
-    example = None
-    for _ in range(iterations):
-        batch = next(batches)
-        data, target = batch["data"].to(device), batch["target"].to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = network(data)
-        loss_sum += float(dice_ce_loss(logits, target, batch_dice))
-        prediction = logits.argmax(1)
-        if example is None:  # the first patch; its middle slice along z in 3D
-            first = (0, data.shape[2] // 2) if data.ndim == 5 else (0,)
-            example = (data[0, 0][first[1:]].float().cpu().numpy(), target[first].cpu().numpy(),
-                       prediction[first].cpu().numpy())
-        valid = target >= 0
-        for c in range(1, num_classes):
-            p, r = (prediction == c) & valid, target == c
-            counts[0, c - 1] += (p & r).sum().item()
-            counts[1, c - 1] += (p & ~r).sum().item()
-            counts[2, c - 1] += (~p & r).sum().item()
-    counts = distributed.all_sum(counts, ranks)
-    loss = float(distributed.all_sum(torch.tensor([loss_sum / iterations]), ranks).item() / ranks.world_size)
-    tp, fp, fn = counts.numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-    return loss, dice, example
 
 
 def _fmt(value) -> str:

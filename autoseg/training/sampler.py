@@ -27,16 +27,23 @@ def foreground_count(batch_size: int, fraction: float = FOREGROUND_FRACTION) -> 
 class Case:
     image: np.ndarray  # (C, z, y, x), memory-mapped
     label: np.ndarray  # (z, y, x)
-    class_locations: dict[int, np.ndarray]  # label value -> (n, 3) voxel coordinates
+    class_locations: dict[int, np.ndarray]  # class (or sampling group) -> (n, 3) voxel coordinates
     previous: np.ndarray | None = None  # (z, y, x) the cascade's previous-stage segmentation, memory-mapped
 
 
-def open_cases(folder: Path, case_ids: list[str], previous: dict[str, Path] | None = None) -> list[Case]:
+def open_cases(folder: Path, case_ids: list[str], previous: dict[str, Path] | None = None,
+               groups: tuple[tuple[int, ...], ...] | None = None) -> list[Case]:
+    """groups: what the foreground guarantee chooses between, each the label values of a class or region
+    (a region's voxels are its values' stored locations together); None: each stored label value."""
     cases = []
     for case_id in case_ids:
         image, label, props = load_case(folder, case_id)
-        locations = {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3)
-                     for k, v in props.class_locations.items() if len(v)}
+        stored = {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3) for k, v in props.class_locations.items()
+                  if len(v)}
+        locations = stored
+        if groups is not None:
+            locations = {g: np.concatenate([stored[v] for v in values if v in stored])
+                         for g, values in enumerate(groups) if any(v in stored for v in values)}
         earlier = np.load(previous[case_id], mmap_mode="r") if previous else None
         if earlier is not None and earlier.shape != label.shape:
             raise ValueError(f"{previous[case_id]}: shape {earlier.shape} is not the case's grid {label.shape}")

@@ -10,7 +10,7 @@ from autoseg import resident_memory
 from autoseg.allocator import release_freed_memory
 from autoseg.model.network import build_network
 from autoseg.planning.plan_types import Configuration
-from autoseg.training.loss import deep_supervision_loss, deep_supervision_weights
+from autoseg.training.loss import Objective, deep_supervision_weights
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -25,14 +25,13 @@ def make_optimizer(network: torch.nn.Module, lr: float, momentum: float, weight_
     return torch.optim.SGD(network.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
 
 
-def train_step(model, optimizer, scaler, batch, device, weights, batch_dice: bool, grad_clip: float,
-               amp_dtype) -> float:
+def train_step(model, optimizer, scaler, batch, device, objective: Objective, grad_clip: float, amp_dtype) -> float:
     data = batch["data"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         outputs = model(data)
-    loss = deep_supervision_loss(outputs, target, weights, batch_dice)
+    loss = objective(outputs, target)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -78,12 +77,12 @@ def time_training_step(config: Configuration, in_channels: int, num_classes: int
     optimizer = make_optimizer(network, 1e-3, 0.99, 3e-5, "adamw")
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     batch = _random_batch(config, in_channels, num_classes, device)
-    weights = deep_supervision_weights(config.num_stages - 1)
+    objective = Objective(tuple(deep_supervision_weights(config.num_stages - 1)), config.batch_dice)
     network.train()
 
     def step() -> float:
         start = time.perf_counter()
-        train_step(network, optimizer, scaler, batch, device, weights, config.batch_dice, 12.0, amp_dtype)
+        train_step(network, optimizer, scaler, batch, device, objective, 12.0, amp_dtype)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - start

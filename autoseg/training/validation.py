@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from autoseg.dataset import load_dataset, read_image
-from autoseg.overlap import dice_per_class
+from autoseg.overlap import dice_per_target
 from autoseg.jsonio import json_safe, write_json_atomic
-from autoseg.model.cascade import one_hot_channels
+from autoseg.model.cascade import cascade_classes, one_hot_channels
 from autoseg.model.outputs import PROBABILITIES_SUFFIX
 from autoseg.model.prediction import InferenceSettings, Member, OutputFiles, network_logits, restore_and_write
 from autoseg.planning.plan_types import Plan
@@ -38,7 +38,7 @@ def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, d
     """
     from tqdm import tqdm
 
-    labels = {name: value for name, value in plan.labels.items() if value > 0}
+    scheme = plan.label_scheme
     label_files = {case.case_id: case.label_file for case in load_dataset(dataset_dir).cases}
     member = Member(plan, configuration, [network])
     settings = InferenceSettings(device, amp_dtype, mirror)
@@ -47,20 +47,20 @@ def validate_fold(network, plan: Plan, configuration: str, preprocessed: Path, d
     for case_id in tqdm(case_ids, desc="validation", disable=not progress, dynamic_ncols=True):
         image, _, props = load_case(preprocessed, case_id)
         if previous is not None:
-            image = np.concatenate([image, one_hot_channels(np.load(previous[case_id]), len(plan.labels))])
+            image = np.concatenate([image, one_hot_channels(np.load(previous[case_id]), cascade_classes(plan))])
         logits = network_logits(member, image, settings).numpy()
         if next_stage is not None:
             next_props = load_properties(case_paths(next_stage[0], case_id)[2])
-            on_next_grid = label_on_grid_of(logits.argmax(0).astype(np.uint8), props, next_props, plan)
+            on_next_grid = label_on_grid_of(scheme.label_map(logits), props, next_props, plan)
             save_npy_atomic(next_stage[1] / f"{case_id}.npy", on_next_grid)
         # probabilities are kept for find-best, which averages configurations' to evaluate ensembles
         files = OutputFiles(out_dir / f"{case_id}{props.source.file_format}",
                             probabilities=out_dir / f"{case_id}{PROBABILITIES_SUFFIX}", half_probabilities=True)
         segmentation = restore_and_write([(logits, props, plan)], files)
         reference, _ = read_image(label_files[case_id])
-        dice = dice_per_class(segmentation, reference, labels.values())
-        per_case.append({"case": case_id, "dice": {name: dice[value] for name, value in labels.items()}})
-    mean = {name: _mean([c["dice"][name] for c in per_case]) for name in labels}
+        dice = dice_per_target(segmentation, reference, scheme.targets, scheme.ignore_label)
+        per_case.append({"case": case_id, "dice": {t.name: dice[t.key] for t in scheme.targets}})
+    mean = {t.name: _mean([c["dice"][t.name] for c in per_case]) for t in scheme.targets}
     summary = {"configuration": configuration, "num_cases": len(per_case), "mirroring": mirror,
                "mean_dice": mean, "foreground_mean_dice": _mean([v for v in mean.values() if v is not None]),
                "cases": per_case}
