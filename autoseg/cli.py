@@ -19,8 +19,13 @@ def _cmd_plan(args) -> int:
 
     if (args.dataset_dir is None) == (args.fingerprint is None):
         raise AutosegError("give either DATASET_DIR or --fingerprint FILE (not both)")
+    plan_from = None
+    if args.plan_from is not None:
+        from autoseg.model.weight_transfer import source_plan
+
+        plan_from = source_plan(args.plan_from)
     result = plan_dataset(args.dataset_dir, args.output, args.fingerprint, args.workers, args.gpu_memory,
-                          tuple(args.configs), progress=not args.quiet)
+                          tuple(args.configs), progress=not args.quiet, plan_from=plan_from)
     print(describe_plan(result.plan))
     report = result.report
     print(f"dataset report: {len(report.findings)} finding(s), {len(report.flagged_cases)} case(s) flagged "
@@ -150,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="GPU memory budget the patch and batch size are sized for (default: 8)")
     plan.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=list(CONFIGURATION_NAMES),
                       metavar="NAME", help=f"configurations to plan (default: all that apply; {', '.join(CONFIGURATION_NAMES)})")
+    plan.add_argument("--plan-from", metavar="SOURCE", default=None,
+                      help="keep another model's network, spacing and normalization (CT statistics included) so its "
+                           "weights fit `autoseg train --init-from`: a plan.json, an output folder, a trained fold "
+                           "folder, a models/ folder or a package (the last three: the network as trained); labels "
+                           "and new channels are planned for this dataset")
     plan.add_argument("--preprocess", action="store_true", help="preprocess all planned configurations afterwards")
     plan.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     plan.set_defaults(func=_cmd_plan)

@@ -121,25 +121,25 @@ def nn_channel_names_empty(t):
 def nn_label_bool(t):
     ds = nnunet(t)
     edit_json(ds, setitem("labels", {"background": 0, "a": True, "b": 2}))
-    return ds, [J('labels["a"]: expected an integer label value, got true (a boolean)')]
+    return ds, [J('labels["a"]: expected an integer label value or a list of them (a region), got true (a boolean)')]
 
 
 def nn_label_fraction(t):
     ds = nnunet(t)
     edit_json(ds, setitem("labels", {"background": 0, "a": 1.5, "b": 2}))
-    return ds, [J('labels["a"]: expected an integer label value, got 1.5')]
+    return ds, [J('labels["a"]: expected an integer label value or a list of them (a region), got 1.5')]
 
 
 def nn_label_string(t):
     ds = nnunet(t)
     edit_json(ds, setitem("labels", {"background": 0, "a": "1", "b": 2}))
-    return ds, [J('labels["a"]: expected an integer label value, got "1"')]
+    return ds, [J('labels["a"]: expected an integer label value or a list of them (a region), got "1"')]
 
 
 def nn_label_region(t):
     ds = nnunet(t)
     edit_json(ds, setitem("labels", {"background": 0, "a": [1, 2], "b": 2}))
-    return ds, [J('labels["a"]: a list of values is a region; only integer labels are supported')]
+    return ds, [J('labels: regions (labels given as lists of values) need "regions_class_order"')]
 
 
 def nn_label_negative(t):

@@ -7,17 +7,21 @@ changes:
 - other input channels: the first convolution's weights for channels the source had are copied, and every
   new channel gets the mean of the source's channel weights (a new channel starts as an average of what
   the source saw); with fewer channels, the first ones are kept.
-Any other mismatch means another topology (patch, stages, width), and is refused naming the first
-tensor (a plan transfer, nnU-Net's move_plans_between_datasets, is not built yet).
+Any other mismatch means another topology (stages, width), and is refused naming the first tensor; planning
+the target with `autoseg plan --plan-from` the source model gives it the source's network
+(autoseg.planning.transfer).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from autoseg.errors import AutosegError
+from autoseg.planning.plan_types import load_plan
+from autoseg.planning.transfer import PlanSource
 
 HEADS = "heads."
 
@@ -61,6 +65,33 @@ def source_weights(source: str | Path, configuration: str) -> dict[str, torch.Te
     return {k: v.float() for k, v in chosen.networks[0].state_dict().items()}
 
 
+def source_plan(source: str | Path) -> PlanSource:
+    """The plan `autoseg plan --plan-from SOURCE` keeps: a plan.json (or the output folder holding one) as
+    planned, or a trained model's (a fold folder, a training folder's models/, a package) configurations as
+    trained, so the network is exactly the one whose weights --init-from loads."""
+    path = Path(source)
+    if path.is_dir() and (path / "checkpoint_final.pt").is_file() and (path / "plan.json").is_file():
+        return PlanSource(load_plan(path / "plan.json"), str(path))  # a fold folder: the plan it trained on
+    if path.is_dir() and (path / "plan.json").is_file():
+        path = path / "plan.json"
+    if path.is_file() and path.suffix == ".json":
+        return PlanSource(load_plan(path), str(path))
+    if path.is_file():
+        from autoseg.model.package import load_package
+        members = load_package(path).models
+    elif path.is_dir():
+        from autoseg.model.trained import load_models
+        members = load_models(path, None).models
+    else:
+        raise AutosegError(f"{path}: no such plan.json, output folder, model folder or package")
+    configurations = {}
+    for member in members:
+        while member is not None:
+            configurations[member.configuration] = member.plan.configurations[member.configuration]
+            member = member.previous_stage
+    return PlanSource(dataclasses.replace(members[0].plan, configurations=configurations), str(path))
+
+
 def transfer_weights(source: dict[str, torch.Tensor], network: torch.nn.Module, name: str) -> Transfer:
     """Load `source` into `network` as the module docstring says; returns what was done."""
     target = network.state_dict()
@@ -85,6 +116,8 @@ def transfer_weights(source: dict[str, torch.Tensor], network: torch.nn.Module, 
         else:
             shown = "missing" if found is None else f"{tuple(found.shape)} in the source"
             raise AutosegError(f"{name}: {key} is {tuple(tensor.shape)} here but {shown}: the source has another "
-                               f"network topology (stages, features or width); its weights cannot start this run")
+                               f"network topology (stages, features or width); its weights cannot start this run "
+                               f"(plan this dataset with `autoseg plan --plan-from {name}` to give it the source's "
+                               f"network)")
     network.load_state_dict(loaded, strict=False)
     return result

@@ -94,6 +94,8 @@ class Plan:
     # region-based training: sigmoid outputs per region, `labels` holds each region's value in label maps
     regions: list[Region] = field(default_factory=list)
     ignore_label: int | None = None  # unannotated voxels (sparse labels): skipped by loss, sampler and metrics
+    # `autoseg plan --plan-from`: the dataset (and file) whose network and preprocessing this plan keeps
+    transferred_from: str | None = None
 
     @property
     def label_scheme(self) -> LabelScheme:

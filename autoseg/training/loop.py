@@ -249,7 +249,9 @@ def _decide_recipe(options: TrainOptions, config, in_channels: int, num_classes:
         recipe = load_recipe(options.recipe)
         recipe.reason = f"reused from {options.recipe}: {recipe.reason}"
         return recipe
-    request = RecipeRequest(options.recipe, options.time_budget_s, options.width, options.batch_size,
+    # weights loaded from another model fit only the plan's own widths (plan with --plan-from to get the source's)
+    width = 1.0 if options.width is None and options.init_from is not None else options.width
+    request = RecipeRequest(options.recipe, options.time_budget_s, width, options.batch_size,
                             options.initial_lr, options.warmup, options.augmentation, options.iterations_per_epoch,
                             options.validation_iterations, options.optimizer)
 
