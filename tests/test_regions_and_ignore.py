@@ -184,11 +184,13 @@ def _train(tmp_path, root: Path, *flags) -> Path:
     return out
 
 
-def test_region_model_trains_predicts_and_exports_probabilities_per_region(tmp_path):
-    root = _dataset(tmp_path / "Dataset010_Nested", BRATS_LABELS, regions_class_order=[1, 2])
+def test_region_model_on_sparse_labels_trains_predicts_and_exports_probabilities_per_region(tmp_path):
+    root = _dataset(tmp_path / "Dataset010_Nested", {**BRATS_LABELS, "ignore": 3}, regions_class_order=[1, 2],
+                    sparse_every=2)
     out = _train(tmp_path, root)
     plan = json.loads((out / "plan.json").read_text())
     assert plan["regions"] == [{"name": "whole", "values": [1, 2]}, {"name": "core", "values": [2]}]
+    assert plan["ignore_label"] == 3
     fold = out / "models" / "3d_fullres" / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pt", map_location="cpu", weights_only=False)
     assert checkpoint["num_classes"] == 2  # one sigmoid per region, no background output
