@@ -183,10 +183,12 @@ def _fingerprint_case(task: tuple[Dataset, Case, int]):
     crop = tuple(slice(a, b) for a, b in bbox)
     shape_before = list(data.label.shape)
     shape_after = [b - a for a, b in bbox]
-    samples = foreground_samples(data.image[(slice(None),) + crop], data.label[crop], cap, case.case_id)
+    # unannotated voxels are not foreground: their intensities (mostly background) would skew CT statistics
+    label = data.label if dataset.ignore_label is None else np.where(data.label == dataset.ignore_label, 0, data.label)
+    samples = foreground_samples(data.image[(slice(None),) + crop], label[crop], cap, case.case_id)
     fp = CaseFingerprint(case.case_id, orientation_code(data.geometry.direction), list(data.geometry.spacing),
                          shape_before, shape_after, bbox,
-                         float(np.prod(shape_after) / np.prod(shape_before)), case_quality(data.image, data.label))
+                         float(np.prod(shape_after) / np.prod(shape_before)), case_quality(data.image, label))
     return fp, samples, []
 
 

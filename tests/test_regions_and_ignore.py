@@ -92,6 +92,13 @@ def test_label_values_outside_the_regions_are_refused_per_case(tmp_path):
     assert any("case_000.nii.gz: label value(s) 2 not declared" in p for p in caught.value.problems)
 
 
+def test_unannotated_voxels_are_not_foreground_in_the_fingerprint(tmp_path):
+    fingerprint = compute_fingerprint(_dataset(tmp_path / "d", {"background": 0, "outer": 1, "inner": 2, "ignore": 3},
+                                               n_cases=2, sparse_every=3), workers=1, progress=False)
+    assert all(set(c.quality.label_voxels) <= {"1", "2"} for c in fingerprint.cases)
+    assert fingerprint.foreground_intensity[0].mean > 150  # spheres only (160, 220), not the 100 background
+
+
 # ---- the pieces: label maps, loss, sampler, metrics ----
 
 def test_regions_are_written_in_order_and_later_ones_overwrite():
