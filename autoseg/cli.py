@@ -10,6 +10,7 @@ from autoseg.errors import AutosegError, CasesFailed, DatasetInvalid
 from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
 from autoseg.output_location import check_output_dir, writing_errors
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
+from autoseg.planning.presets import PRESETS
 from autoseg.cli_args import fold, label_target, positive_float, positive_int, step
 from autoseg.cli_train import add_train_parser
 
@@ -25,7 +26,7 @@ def _cmd_plan(args) -> int:
 
         plan_from = source_plan(args.plan_from)
     result = plan_dataset(args.dataset_dir, args.output, args.fingerprint, args.workers, args.gpu_memory,
-                          tuple(args.configs), progress=not args.quiet, plan_from=plan_from)
+                          tuple(args.configs), progress=not args.quiet, plan_from=plan_from, preset=args.preset)
     print(describe_plan(result.plan))
     report = result.report
     print(f"dataset report: {len(report.findings)} finding(s), {len(report.flagged_cases)} case(s) flagged "
@@ -151,8 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "fingerprint's folder with --fingerprint)")
     plan.add_argument("--fingerprint", metavar="FILE", help="re-plan from this fingerprint.json")
     plan.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
-    plan.add_argument("--gpu-memory", type=positive_float, default=8.0, metavar="GB",
-                      help="GPU memory budget the patch and batch size are sized for (default: 8)")
+    plan.add_argument("--gpu-memory", type=positive_float, default=None, metavar="GB",
+                      help="GPU memory budget the patch and batch size are sized for (default: the preset's, 8 for "
+                           "plain and resenc-m, 24 for resenc-l, 40 for resenc-xl)")
+    plan.add_argument("--preset", choices=tuple(PRESETS), default="plain",
+                      help="network: plain (nnU-Net's default U-Net; default) or nnU-Net's residual-encoder presets "
+                           "resenc-m / resenc-l / resenc-xl (docs/architectures.md)")
     plan.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=list(CONFIGURATION_NAMES),
                       metavar="NAME", help=f"configurations to plan (default: all that apply; {', '.join(CONFIGURATION_NAMES)})")
     plan.add_argument("--plan-from", metavar="SOURCE", default=None,

@@ -1,11 +1,15 @@
 """Regenerate plans/reference/: synthetic fingerprints, nnU-Net v2's plans for them, autoseg's plans.
 
     .venv/bin/python benchmarks/reference_plans.py [--data ../shared/data/Dataset004_Hippocampus] [--autoseg-only]
+    .venv/bin/python benchmarks/reference_plans.py --preset resenc-m [--autoseg-only]
 
 Runs nnU-Net v2 (own venv under /tmp, created on demand) on
   - the real Hippocampus data (its own fingerprint extraction + planning), and
   - each synthetic fingerprint (converted to nnU-Net's format, planned by nnUNetv2_plan_experiment),
 then writes autoseg's plan for the same fingerprint and prints every decision that differs.
+With --preset resenc-m|resenc-l|resenc-xl, nnU-Net's residual-encoder planner (nnUNetPlannerResEncM/L/XL) plans
+the committed fingerprints into plans/reference/nnunet-<preset>/ and autoseg's preset into
+plans/reference/autoseg-<preset>/.
 tests/test_reference_plans.py re-plans the committed fingerprints and checks both.
 """
 from __future__ import annotations
@@ -80,7 +84,12 @@ def to_nnunet_fingerprint(fp: Fingerprint) -> dict:
     }
 
 
-def nnunet_plan_from_fingerprint(fp: Fingerprint, dataset_id: int, work: Path) -> dict:
+NNUNET_PLANNERS = {"resenc-m": ("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans"),
+                   "resenc-l": ("nnUNetPlannerResEncL", "nnUNetResEncUNetLPlans"),
+                   "resenc-xl": ("nnUNetPlannerResEncXL", "nnUNetResEncUNetXLPlans")}
+
+
+def nnunet_plan_from_fingerprint(fp: Fingerprint, dataset_id: int, work: Path, preset: str = "plain") -> dict:
     """nnUNetv2_plan_experiment on a fingerprint: it reads dataset.json and the fingerprint, and opens
     one image only to choose a reader, which the dataset.json override makes unnecessary."""
     raw, pre, res = work / "raw", work / "preprocessed", work / "results"
@@ -92,8 +101,9 @@ def nnunet_plan_from_fingerprint(fp: Fingerprint, dataset_id: int, work: Path) -
         "file_ending": ".nii.gz", "overwrite_image_reader_writer": "SimpleITKIO"}))
     (pre / name).mkdir(parents=True)
     (pre / name / "dataset_fingerprint.json").write_text(json.dumps(to_nnunet_fingerprint(fp)))
-    run_nnunet(["nnUNetv2_plan_experiment", "-d", str(dataset_id)], raw, pre, res)
-    return json.loads((pre / name / "nnUNetPlans.json").read_text())
+    planner, plans = NNUNET_PLANNERS.get(preset, ("ExperimentPlanner", "nnUNetPlans"))
+    run_nnunet(["nnUNetv2_plan_experiment", "-d", str(dataset_id), "-pl", planner], raw, pre, res)
+    return json.loads((pre / name / f"{plans}.json").read_text())
 
 
 def nnunet_plan_from_data(data: Path, work: Path) -> tuple[dict, dict]:
@@ -104,11 +114,18 @@ def nnunet_plan_from_data(data: Path, work: Path) -> tuple[dict, dict]:
             json.loads((pre / data.name / "nnUNetPlans.json").read_text()))
 
 
-def record(name: str, fp: Fingerprint, nnunet_plans: dict) -> None:
-    save_fingerprint(fp, REFERENCE / "fingerprints" / f"{name}.json")
-    write_json_atomic(REFERENCE / "nnunet" / name / "nnUNetPlans.json", nnunet_plans)
-    plan = to_dict(plan_experiment(fp, fingerprint_file=f"../fingerprints/{name}.json"))
-    write_json_atomic(REFERENCE / "autoseg" / name / "plan.json", plan)
+def preset_folders(preset: str) -> tuple[str, str]:
+    """(nnU-Net's, autoseg's) folder under plans/reference/ for a preset."""
+    return ("nnunet", "autoseg") if preset == "plain" else (f"nnunet-{preset}", f"autoseg-{preset}")
+
+
+def record(name: str, fp: Fingerprint, nnunet_plans: dict, preset: str = "plain") -> None:
+    theirs, ours = preset_folders(preset)
+    if preset == "plain":
+        save_fingerprint(fp, REFERENCE / "fingerprints" / f"{name}.json")
+    write_json_atomic(REFERENCE / theirs / name / "nnUNetPlans.json", nnunet_plans)
+    plan = to_dict(plan_experiment(fp, fingerprint_file=f"../fingerprints/{name}.json", preset=preset))
+    write_json_atomic(REFERENCE / ours / name / "plan.json", plan)
     diffs = differences(plan, nnunet_plans)
     allowed = deliberate(nnunet_plans)
     print(f"{name}: {'identical decisions' if not diffs else f'{len(diffs)} difference(s)'}"
@@ -122,11 +139,21 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "Dataset004_Hippocampus")
     parser.add_argument("--autoseg-only", action="store_true",
                         help="only rewrite autoseg's plans from the committed fingerprints (no nnU-Net run)")
+    parser.add_argument("--preset", default="plain", choices=("plain", *NNUNET_PLANNERS))
     args = parser.parse_args()
+    theirs, _ = preset_folders(args.preset)
     if args.autoseg_only:
         for path in sorted((REFERENCE / "fingerprints").glob("*.json")):
-            nnunet = json.loads((REFERENCE / "nnunet" / path.stem / "nnUNetPlans.json").read_text())
-            record(path.stem, load_fingerprint(path), nnunet)
+            nnunet = json.loads((REFERENCE / theirs / path.stem / "nnUNetPlans.json").read_text())
+            record(path.stem, load_fingerprint(path), nnunet, args.preset)
+        return
+    if args.preset != "plain":  # nnU-Net's preset planner on the committed fingerprints (Hippocampus's included)
+        with tempfile.TemporaryDirectory(prefix="autoseg-ref-") as tmp:
+            for path in sorted((REFERENCE / "fingerprints").glob("*.json")):
+                fp = load_fingerprint(path)
+                fp.dataset_name = path.stem  # nnU-Net finds the dataset by the number in its folder's name
+                nnunet = nnunet_plan_from_fingerprint(fp, int(path.stem[7:10]), Path(tmp) / path.stem, args.preset)
+                record(path.stem, load_fingerprint(path), nnunet, args.preset)
         return
     for sub in ("fingerprints", "nnunet", "autoseg"):
         shutil.rmtree(REFERENCE / sub, ignore_errors=True)

@@ -1,8 +1,9 @@
 """autoseg's planner against nnU-Net v2 on the same fingerprints (references in plans/reference/).
 
 benchmarks/reference_plans.py ran nnU-Net v2's planner on each fingerprint and stored its
-plans; here autoseg re-plans each fingerprint and must (a) reproduce its committed plan and
-(b) make the same decisions as nnU-Net, except the documented cap of 6 pools per axis.
+plans (the default planner in nnunet/, its residual-encoder presets in nnunet-resenc-m/ -l/ -xl/);
+here autoseg re-plans each fingerprint with the same preset and must (a) reproduce its committed plan
+and (b) make the same decisions as nnU-Net, except the documented cap of 6 pools per axis.
 """
 import dataclasses
 import json
@@ -20,7 +21,14 @@ from nnunet_compare import MAX_POOLS_PER_AXIS, deliberate, differences, nnunet_d
 
 REFERENCE = REPO / "plans" / "reference"
 NAMES = sorted(p.stem for p in (REFERENCE / "fingerprints").glob("*.json"))
-TOPOLOGY_KEYS = {"patch_size", "batch_size", "pool_strides", "num_pools_per_axis", "conv_kernels", "features_per_stage"}
+TOPOLOGY_KEYS = {"patch_size", "batch_size", "pool_strides", "num_pools_per_axis", "conv_kernels", "features_per_stage",
+                 "blocks_per_stage", "convs_per_stage_decoder"}
+PRESETS = ["plain", "resenc-m", "resenc-l", "resenc-xl"]
+CASES = [(preset, name) for preset in PRESETS for name in NAMES]
+
+
+def _folders(preset: str) -> tuple[str, str]:
+    return ("nnunet", "autoseg") if preset == "plain" else (f"nnunet-{preset}", f"autoseg-{preset}")
 
 
 def test_reference_set_covers_the_required_cases():
@@ -28,19 +36,19 @@ def test_reference_set_covers_the_required_cases():
             "Dataset902_SynthLargeCT", "Dataset904_Synth2D", "Dataset905_SynthCTSlices2D"} <= set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_replanning_reproduces_committed_plan(name):
+@pytest.mark.parametrize("preset, name", CASES)
+def test_replanning_reproduces_committed_plan(preset, name):
     fp = load_fingerprint(REFERENCE / "fingerprints" / f"{name}.json")
-    plan = to_dict(plan_experiment(fp, fingerprint_file=f"../fingerprints/{name}.json"))
-    committed = json.loads((REFERENCE / "autoseg" / name / "plan.json").read_text())
+    plan = to_dict(plan_experiment(fp, fingerprint_file=f"../fingerprints/{name}.json", preset=preset))
+    committed = json.loads((REFERENCE / _folders(preset)[1] / name / "plan.json").read_text())
     assert plan == committed
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_same_decisions_as_nnunet(name):
+@pytest.mark.parametrize("preset, name", CASES)
+def test_same_decisions_as_nnunet(preset, name):
     fp = load_fingerprint(REFERENCE / "fingerprints" / f"{name}.json")
-    plan = to_dict(plan_experiment(fp))
-    nnunet = json.loads((REFERENCE / "nnunet" / name / "nnUNetPlans.json").read_text())
+    plan = to_dict(plan_experiment(fp, preset=preset))
+    nnunet = json.loads((REFERENCE / _folders(preset)[0] / name / "nnUNetPlans.json").read_text())
     allowed = deliberate(nnunet)
     for line in differences(plan, nnunet):
         config, key = line.split(":")[0].split(".", 1) if "." in line.split(":")[0] else (line, "")

@@ -3,6 +3,14 @@
 conv -> instance norm -> leaky ReLU, convolutions per stage as planned, strided
 convolution to go down, transposed convolution to come up, skips by concatenation, and a
 1x1 segmentation head at every decoder resolution for deep supervision.
+
+The encoder is one of two families (the configuration's `architecture`):
+- plain: each stage is its convolutions, the first one strided (nnU-Net's PlainConvUNet);
+- resenc: a stem convolution, then each stage is residual blocks (ResNet-D "basic" blocks: two
+  convolutions, the first strided, the second without activation; the shortcut average-pools when the
+  block strides and projects with a 1x1 convolution when the channels change; activation after the sum;
+  the second normalisation starts at zero so each block starts as its shortcut), as nnU-Net's
+  ResidualEncoderUNet. The decoder is the same plain decoder for both.
 """
 from __future__ import annotations
 
@@ -24,6 +32,32 @@ class ConvNormAct(nn.Sequential):
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
 
 
+class ResidualBlock(nn.Module):
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, kernel, stride):
+        super().__init__()
+        conv, _, norm = OPS[ndim]
+        self.conv1 = ConvNormAct(ndim, in_channels, out_channels, kernel, stride)
+        self.conv2 = nn.Sequential(
+            conv(out_channels, out_channels, kernel, padding=[k // 2 for k in kernel], bias=True),
+            norm(out_channels, eps=1e-5, affine=True))
+        shortcut = []
+        if any(s != 1 for s in stride):
+            shortcut.append((nn.AvgPool2d if ndim == 2 else nn.AvgPool3d)(stride, stride))
+        if in_channels != out_channels:
+            shortcut += [conv(in_channels, out_channels, 1, bias=False), norm(out_channels, eps=1e-5, affine=True)]
+        self.shortcut = nn.Sequential(*shortcut)  # empty: identity
+        self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+def _residual_stage(ndim, in_channels, out_channels, kernel, stride, n_blocks) -> nn.Sequential:
+    blocks = [ResidualBlock(ndim, in_channels, out_channels, kernel, stride)]
+    blocks += [ResidualBlock(ndim, out_channels, out_channels, kernel, [1] * ndim) for _ in range(n_blocks - 1)]
+    return nn.Sequential(*blocks)
+
+
 def _stage(ndim, in_channels, out_channels, kernel, stride, n_convs) -> nn.Sequential:
     layers = [ConvNormAct(ndim, in_channels, out_channels, kernel, stride)]
     layers += [ConvNormAct(ndim, out_channels, out_channels, kernel, [1] * ndim) for _ in range(n_convs - 1)]
@@ -33,16 +67,24 @@ def _stage(ndim, in_channels, out_channels, kernel, stride, n_convs) -> nn.Seque
 class UNet(nn.Module):
     def __init__(self, ndim: int, in_channels: int, num_classes: int, features: list[int], strides: list[list[int]],
                  kernels: list[list[int]], convs_encoder: list[int], convs_decoder: list[int],
-                 deep_supervision: bool = True):
+                 deep_supervision: bool = True, architecture: str = "plain"):
+        """architecture "resenc": convs_encoder counts residual blocks, after a stem convolution."""
         super().__init__()
         if not (len(features) == len(strides) == len(kernels) == len(convs_encoder) == len(convs_decoder) + 1):
             raise ValueError("features, strides, kernels and convs per stage must describe the same stages")
+        if architecture not in ("plain", "resenc"):
+            raise ValueError(f"unknown architecture {architecture!r}")
         _, transposed, _ = OPS[ndim]
         self.deep_supervision = deep_supervision
-        self.encoder = nn.ModuleList()
+        self.stem = None
         channels = in_channels
+        make_stage = _stage
+        if architecture == "resenc":
+            self.stem = ConvNormAct(ndim, in_channels, features[0], kernels[0], [1] * ndim)
+            channels, make_stage = features[0], _residual_stage
+        self.encoder = nn.ModuleList()
         for f, s, k, n in zip(features, strides, kernels, convs_encoder):
-            self.encoder.append(_stage(ndim, channels, f, k, s, n))
+            self.encoder.append(make_stage(ndim, channels, f, k, s, n))
             channels = f
         self.up, self.decoder, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         conv = OPS[ndim][0]
@@ -53,9 +95,15 @@ class UNet(nn.Module):
                                        convs_decoder[level]))
             self.heads.append(conv(features[level], num_classes, 1, bias=True))
         self.apply(_he_init)
+        for module in self.modules():
+            if isinstance(module, ResidualBlock):  # each block starts as its shortcut
+                nn.init.zeros_(module.conv2[1].weight)
+                nn.init.zeros_(module.conv2[1].bias)
 
     def forward(self, x: torch.Tensor):
         """Logits at full resolution; with deep supervision (in training), a list from full resolution down."""
+        if self.stem is not None:
+            x = self.stem(x)
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -80,4 +128,5 @@ def _he_init(module: nn.Module) -> None:
 
 def build_network(config: Configuration, in_channels: int, num_classes: int, deep_supervision: bool = True) -> UNet:
     return UNet(config.ndim, in_channels, num_classes, config.features_per_stage, config.pool_strides,
-                config.conv_kernels, config.convs_per_stage_encoder, config.convs_per_stage_decoder, deep_supervision)
+                config.conv_kernels, config.convs_per_stage_encoder, config.convs_per_stage_decoder, deep_supervision,
+                config.architecture)

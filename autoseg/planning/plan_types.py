@@ -58,6 +58,9 @@ class Configuration:
     estimated_feature_map_voxels: int
     previous_stage: str | None = None
     next_stage: str | None = None
+    # the network family: "plain" (convolutions per stage) or "resenc" (convs_per_stage_encoder counts residual
+    # blocks, after a stem convolution); autoseg.planning.presets
+    architecture: Literal["plain", "resenc"] = "plain"
     # Elastic deformation costs augmentation time for little gain on most datasets: a switch, off.
     elastic_deformation: bool = False
 
@@ -96,6 +99,7 @@ class Plan:
     ignore_label: int | None = None  # unannotated voxels (sparse labels): skipped by loss, sampler and metrics
     # `autoseg plan --plan-from`: the dataset (and file) whose network and preprocessing this plan keeps
     transferred_from: str | None = None
+    preset: str = "plain"  # the network preset it was planned for (autoseg.planning.presets)
 
     @property
     def label_scheme(self) -> LabelScheme:

@@ -1,23 +1,23 @@
 """From a fingerprint to a plan: spacing, transpose, configurations with patch, batch and topology."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import Fingerprint
-from autoseg.planning.memory import feature_map_voxels, reference_budget
+from autoseg.planning.memory import feature_map_voxels, reference_budget, residual_feature_map_voxels
 from autoseg.planning.normalization import plan_normalization
 from autoseg.planning.plan_types import CONFIGURATION_NAMES, PLAN_VERSION, Configuration, Plan, Resampling
+from autoseg.planning.presets import Preset, get_preset
 from autoseg.planning.spacing import resampled_shape, target_spacing, transpose_for
 from autoseg.planning.topology import pool_and_conv_layout
 
 BASE_FEATURES = 32
 MAX_FEATURES = {2: 512, 3: 320}
-CONVS_PER_STAGE = 2
 MIN_BATCH_SIZE = 2
-MAX_DATASET_FRACTION_PER_BATCH = 0.05
 LOWRES_WHEN_PATCH_COVERS_BELOW = 0.25
 LOWRES_SPACING_STEP = 1.03
 LOWRES_MIN_SHRINK = 2.0
@@ -25,7 +25,15 @@ LOWRES_MIN_SHRINK = 2.0
 INITIAL_PATCH_EDGE = {2: 2048, 3: 256}
 
 
-def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, gpu_memory_gb) -> Configuration:
+@dataclass(frozen=True)
+class Sizing:
+    """What patches and batches are sized against: the network preset and the memory it may use."""
+
+    preset: Preset
+    gpu_memory_gb: float
+
+
+def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, sizing: Sizing) -> Configuration:
     """Largest aspect-correct patch that fits the memory budget, then the batch that fills it."""
     ndim = len(spacing)
     spacing = np.asarray(spacing, dtype=np.float64)
@@ -35,9 +43,15 @@ def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, g
     def features(n_stages):
         return [min(max_features, BASE_FEATURES * 2 ** i) for i in range(n_stages)]
 
+    preset = sizing.preset
+
     def estimate(topo):
-        return feature_map_voxels(topo.patch_size, topo.pool_strides, features(len(topo.pool_strides)), num_classes,
-                                  CONVS_PER_STAGE)
+        n_stages = len(topo.pool_strides)
+        encoder, decoder = preset.blocks(n_stages)
+        if preset.architecture == "resenc":
+            return residual_feature_map_voxels(topo.patch_size, topo.pool_strides, features(n_stages), num_classes,
+                                               encoder, decoder)
+        return feature_map_voxels(topo.patch_size, topo.pool_strides, features(n_stages), num_classes, encoder[0])
 
     aspect = 1.0 / spacing
     edge = INITIAL_PATCH_EDGE[ndim]
@@ -45,9 +59,11 @@ def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, g
     initial = [min(i, m) for i, m in zip(initial, median_shape)]
     topo = pool_and_conv_layout(spacing, initial)
     voxels = estimate(topo)
-    reference, ref_batch = reference_budget(ndim, gpu_memory_gb)
-    # The reference was measured at ref_batch samples; require room for the minimum batch.
-    while voxels / ref_batch * MIN_BATCH_SIZE > reference:
+    reference, ref_batch = reference_budget(ndim, sizing.gpu_memory_gb, preset)
+    # The reference was measured at ref_batch samples: the plain network needs room for the minimum batch, a
+    # residual one for the reference batch itself (nnU-Net's ResEnc planners).
+    room = ref_batch if preset.fit_at_reference_batch else MIN_BATCH_SIZE
+    while voxels / ref_batch * room > reference:
         patch = list(topo.patch_size)
         axis = int(np.argsort([p / m for p, m in zip(patch, median_shape)])[-1])
         # Step by the divisibility that the *smaller* patch will need, so no valid size is skipped.
@@ -57,19 +73,20 @@ def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, g
         topo = pool_and_conv_layout(spacing, patch)
         voxels = estimate(topo)
     batch = round(reference / voxels * ref_batch)
-    cap = round(n_voxels_dataset * MAX_DATASET_FRACTION_PER_BATCH / np.prod(topo.patch_size, dtype=np.float64))
+    cap = round(n_voxels_dataset * preset.max_dataset_fraction / np.prod(topo.patch_size, dtype=np.float64))
     batch = max(min(batch, cap), MIN_BATCH_SIZE)
     n_stages = len(topo.pool_strides)
+    encoder, decoder = preset.blocks(n_stages)
     return Configuration(
         name=name, data_identifier=name, spacing=[float(s) for s in spacing],
         median_shape=[float(m) for m in median_shape], patch_size=[int(p) for p in topo.patch_size],
         batch_size=int(batch), num_pools_per_axis=topo.num_pools_per_axis, pool_strides=topo.pool_strides,
         conv_kernels=topo.conv_kernels, features_per_stage=features(n_stages),
-        convs_per_stage_encoder=[CONVS_PER_STAGE] * n_stages, convs_per_stage_decoder=[CONVS_PER_STAGE] * (n_stages - 1),
-        batch_dice=False, estimated_feature_map_voxels=int(voxels))
+        convs_per_stage_encoder=encoder, convs_per_stage_decoder=decoder,
+        batch_dice=False, estimated_feature_map_voxels=int(voxels), architecture=preset.architecture)
 
 
-def _lowres(fullres: Configuration, median_shape, num_classes, num_cases, gpu_memory_gb) -> Configuration | None:
+def _lowres(fullres: Configuration, median_shape, num_classes, num_cases, sizing: Sizing) -> Configuration | None:
     """Coarsen the spacing in small steps until a patch covers enough of the (smaller) median image."""
     fullres_spacing = np.asarray(fullres.spacing)
     median_shape = np.asarray(median_shape, dtype=np.float64)
@@ -86,17 +103,22 @@ def _lowres(fullres: Configuration, median_shape, num_classes, num_cases, gpu_me
         shape = fullres_spacing / spacing * median_shape
         median_voxels = float(np.prod(shape))
         lowres = _configuration("3d_lowres", spacing, [round(s) for s in shape], num_classes,
-                                median_voxels * num_cases, gpu_memory_gb)
+                                median_voxels * num_cases, sizing)
         patch_voxels = float(np.prod(lowres.patch_size))
     if lowres is None or np.prod(median_shape) / median_voxels < LOWRES_MIN_SHRINK:
         return None
     return lowres
 
 
-def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
+def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float | None = None,
                     configurations: tuple[str, ...] = CONFIGURATION_NAMES,
-                    fingerprint_file: str | Path = "fingerprint.json") -> Plan:
-    """Decide spacing, transpose, normalization and each requested configuration."""
+                    fingerprint_file: str | Path = "fingerprint.json", *, preset: str = "plain") -> Plan:
+    """Decide spacing, transpose, normalization and each requested configuration, for the network preset
+    (autoseg.planning.presets) and the memory given (default: the preset's own target)."""
+    chosen_preset = get_preset(preset)
+    if gpu_memory_gb is None:
+        gpu_memory_gb = chosen_preset.reference_gb
+    sizing = Sizing(chosen_preset, float(gpu_memory_gb))
     unknown = [c for c in configurations if c not in CONFIGURATION_NAMES]
     if unknown:
         raise AutosegError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGURATION_NAMES)}")
@@ -117,8 +139,8 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
 
     configs: dict[str, Configuration] = {}
     if median_shape[0] != 1:  # a dataset of single slices has no 3D configuration
-        fullres = _configuration("3d_fullres", spacing_t, median_shape, num_classes, n_voxels_dataset, gpu_memory_gb)
-        lowres = _lowres(fullres, median_shape, num_classes, num_cases, gpu_memory_gb)
+        fullres = _configuration("3d_fullres", spacing_t, median_shape, num_classes, n_voxels_dataset, sizing)
+        lowres = _lowres(fullres, median_shape, num_classes, num_cases, sizing)
         fullres.batch_dice = lowres is not None
         if lowres is not None:
             lowres.batch_dice = False
@@ -128,7 +150,7 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
             configs.update({"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade})
         else:
             configs["3d_fullres"] = fullres
-    two_d = _configuration("2d", spacing_t[1:], median_shape[1:], num_classes, n_voxels_dataset, gpu_memory_gb)
+    two_d = _configuration("2d", spacing_t[1:], median_shape[1:], num_classes, n_voxels_dataset, sizing)
     two_d.batch_dice = True
     configs["2d"] = two_d
 
@@ -145,4 +167,4 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = 8.0,
         channel_names=dict(fingerprint.channel_names), labels=dict(fingerprint.labels),
         normalization=plan_normalization(fingerprint), resampling=Resampling(), configurations=chosen,
         label_codes=dict(fingerprint.label_codes), regions=list(fingerprint.regions),
-        ignore_label=fingerprint.ignore_label)
+        ignore_label=fingerprint.ignore_label, preset=chosen_preset.name)

@@ -35,8 +35,8 @@ class PlanResult:
 
 def plan_dataset(dataset_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
                  fingerprint_path: str | os.PathLike | None = None, workers: int | None = None,
-                 gpu_memory_gb: float = 8.0, configurations=CONFIGURATION_NAMES,
-                 progress: bool = True, *, plan_from: PlanSource | None = None) -> PlanResult:
+                 gpu_memory_gb: float | None = None, configurations=CONFIGURATION_NAMES,
+                 progress: bool = True, *, plan_from: PlanSource | None = None, preset: str = "plain") -> PlanResult:
     """Fingerprint the dataset (unless a fingerprint is given) and write the plan: planned for this dataset,
     or with plan_from, keeping another model's network and preprocessing (autoseg.planning.transfer).
 
@@ -60,7 +60,8 @@ def plan_dataset(dataset_dir: str | os.PathLike | None = None, output_dir: str |
     if plan_from is not None:
         plan = transfer_plan(plan_from, fingerprint, tuple(configurations), fingerprint_file=FINGERPRINT_FILE)
     else:
-        plan = plan_experiment(fingerprint, gpu_memory_gb, tuple(configurations), fingerprint_file=FINGERPRINT_FILE)
+        plan = plan_experiment(fingerprint, gpu_memory_gb, tuple(configurations), fingerprint_file=FINGERPRINT_FILE,
+                               preset=preset)
     output_dir.mkdir(parents=True, exist_ok=True)
     out_fingerprint = output_dir / FINGERPRINT_FILE
     if fingerprint_path is None or out_fingerprint.resolve() != fingerprint_path.resolve():
@@ -75,7 +76,7 @@ def plan_dataset(dataset_dir: str | os.PathLike | None = None, output_dir: str |
 def describe_plan(plan: Plan) -> str:
     """A short table of the planned configurations for the terminal."""
     lines = [f"network and preprocessing kept from {plan.transferred_from}"] if plan.transferred_from else []
-    lines += [f"dataset {plan.dataset_name}: transpose {plan.transpose_forward}, "
+    lines += [f"dataset {plan.dataset_name}: {plan.preset} network, transpose {plan.transpose_forward}, "
              f"normalization {', '.join(f'{n.channel}={n.scheme}' + ('(masked)' if n.use_nonzero_mask else '') for n in plan.normalization)}"]
     lines.append(f"{'configuration':<20}{'spacing':<26}{'patch':<18}{'batch':>6}{'stages':>8}  pools/axis")
     for name, c in plan.configurations.items():

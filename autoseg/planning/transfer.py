@@ -74,4 +74,4 @@ def transfer_plan(source: PlanSource, fingerprint: Fingerprint, configurations=C
         normalization=transferred_normalization(plan.normalization, plan_normalization(fingerprint)),
         resampling=plan.resampling, configurations=chosen, label_codes=dict(fingerprint.label_codes),
         regions=list(fingerprint.regions), ignore_label=fingerprint.ignore_label,
-        transferred_from=f"{plan.dataset_name} ({source.where})")
+        transferred_from=f"{plan.dataset_name} ({source.where})", preset=plan.preset)

@@ -1,0 +1,48 @@
+"""Network presets: the plain U-Net (default) and nnU-Net v2's residual-encoder presets ResEnc M / L / XL.
+
+A preset fixes what the memory model sizes patches and batches against and how the network is built. The
+ResEnc values are nnU-Net v2's (`nnUNetPlannerResEncM/L/XL`, its documentation `resenc_presets.md`): residual
+encoder blocks per stage 1, 3, 4, 6, 6, ..., one convolution per decoder stage, a reference memory measured
+for that network at its GPU target (about 8, 24 and 40 GB), the 5% batch cap dropped, and a patch that must
+fit at the reference batch size itself. Everything else (spacing, topology, features, normalization) is
+planned as for the plain network.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoseg.errors import AutosegError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    architecture: str  # the network family autoseg.model.network builds: "plain" or "resenc"
+    reference_voxels: dict[int, float]  # feature-map voxels that fit reference_gb, per dimensionality
+    reference_gb: float  # the memory the reference was measured for; also the default --gpu-memory
+    max_dataset_fraction: float  # one batch covers at most this fraction of the dataset's voxels
+    encoder_blocks: tuple[int, ...]  # convolutions (plain) or residual blocks (resenc) per encoder stage
+    decoder_convs: tuple[int, ...]  # convolutions per decoder stage
+    # shrink the patch until it fits at the reference batch size itself (ResEnc) rather than at the minimum
+    # batch of 2 (plain: nnU-Net's `estimate / reference_batch * 2 > reference`)
+    fit_at_reference_batch: bool
+
+    def blocks(self, n_stages: int) -> tuple[list[int], list[int]]:
+        """Encoder and decoder depth lists for a network of n_stages."""
+        return list(self.encoder_blocks[:n_stages]), list(self.decoder_convs[:n_stages - 1])
+
+
+_RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
+PRESETS = {
+    "plain": Preset("plain", "plain", {3: 560e6, 2: 85e6}, 8.0, 0.05, (2,) * 14, (2,) * 13, False),
+    "resenc-m": Preset("resenc-m", "resenc", {3: 680e6, 2: 135e6}, 8.0, 1.0, _RESENC_BLOCKS, (1,) * 12, True),
+    "resenc-l": Preset("resenc-l", "resenc", {3: 2100e6, 2: 380e6}, 24.0, 1.0, _RESENC_BLOCKS, (1,) * 12, True),
+    "resenc-xl": Preset("resenc-xl", "resenc", {3: 3600e6, 2: 560e6}, 40.0, 1.0, _RESENC_BLOCKS, (1,) * 12, True),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise AutosegError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
