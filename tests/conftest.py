@@ -116,7 +116,8 @@ def write_msd_dataset(root: Path, n_cases=4, n_channels=2, shape=(12, 16, 14), s
     return root
 
 
-FAST_TRAINING = ["--precision", "fp32", "--workers", "0", "-q", "--no-validation"]
+# the standard recipe: the auto recipe would time candidate networks first, seconds per run the tests do not test
+FAST_TRAINING = ["--precision", "fp32", "--workers", "0", "-q", "--no-validation", "--recipe", "standard"]
 
 
 def train_tiny(root: Path, n_channels: int = 1, folds=("0",), *, validate: bool = False, n_cases: int = 6) -> Path:

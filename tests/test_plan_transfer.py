@@ -8,7 +8,7 @@ from autoseg.planning.plan_types import load_plan
 
 from conftest import run_autoseg, write_nnunet_dataset
 
-FAST = ["--precision", "fp32", "--workers", "0", "-q", "--no-validation"]
+FAST = ["--precision", "fp32", "--workers", "0", "-q", "--no-validation", "--recipe", "standard"]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from autoseg.training.sampler import Case, PatchSampler
 
 from conftest import run_autoseg, write_image
 
-FAST = ["--precision", "fp32", "--workers", "0", "-q"]
+FAST = ["--precision", "fp32", "--workers", "0", "-q", "--recipe", "standard"]
 BRATS_LABELS = {"background": 0, "whole": [1, 2], "core": 2}
 
 

@@ -22,7 +22,7 @@ from autoseg.training.schedule import parse_duration, poly_lr
 
 from conftest import REPO, run_autoseg, write_nnunet_dataset
 
-FAST = ["--precision", "fp32", "--workers", "0", "-q"]
+FAST = ["--precision", "fp32", "--workers", "0", "-q", "--recipe", "standard"]
 
 
 def _tiny_case(rng, shape=(30, 40, 36), blob=(20, 5, 30)):
@@ -243,6 +243,14 @@ def test_a_larger_time_budget_continues_a_finished_budget_run(planned, tmp_path)
     assert proc.returncode == 1 and "time_budget_s: 6.0 -> 4.0 (it can only grow)" in proc.stderr
 
 
+def test_a_budget_used_up_before_the_first_epoch_still_ends_with_a_model(planned, tmp_path):
+    out = _copy(planned, tmp_path)
+    run_autoseg("train", out, "--time-budget", "0.01s", "--recipe", "standard", "--iterations-per-epoch", "3",
+                "--no-validation", *FAST)
+    state = _final_state(out / "models/3d_fullres/fold_0")["state"]
+    assert state["epoch"] == 1 and 1 <= state["iteration"] <= 3
+
+
 def test_batches_depend_only_on_their_index(planned):
     folder = planned / "preprocessed" / "3d_fullres"
     ids = sorted(p.stem for p in folder.glob("*.json"))
@@ -253,26 +261,31 @@ def test_batches_depend_only_on_their_index(planned):
     assert not torch.equal(a[5]["data"], a[6]["data"])
 
 
-def test_cli_errors_are_one_line(planned, tmp_path):
+def _cli_error(capsys, *args) -> str:
+    """`autoseg ARGS` in this process (no interpreter start per refusal): exit code 1 and its stderr."""
+    from autoseg.cli import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 1
+    return capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(planned, tmp_path, capsys):
     out = _copy(planned, tmp_path)
     shutil.rmtree(out / "preprocessed" / "3d_fullres")
-    proc = run_autoseg("train", out, *FAST, check=False)
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "autoseg preprocess" in proc.stderr
+    err = _cli_error(capsys, "train", out, *FAST)
+    assert err.count("\n") == 1 and "autoseg preprocess" in err
     out = _copy(planned, tmp_path / "x")
-    proc = run_autoseg("train", out, "--resume", *FAST, check=False)
-    assert proc.returncode == 1 and "nothing to resume" in proc.stderr
-    proc = run_autoseg("train", out, "--fold", "7", *FAST, check=False)
-    assert proc.returncode == 1 and "fold 7 does not exist" in proc.stderr
-    proc = run_autoseg("train", out, "--config", "3d_lowres", *FAST, check=False)
-    assert proc.returncode == 1 and "no configuration 3d_lowres" in proc.stderr
+    assert "nothing to resume" in _cli_error(capsys, "train", out, "--resume", *FAST)
+    assert "fold 7 does not exist" in _cli_error(capsys, "train", out, "--fold", "7", *FAST)
+    assert "no configuration 3d_lowres" in _cli_error(capsys, "train", out, "--config", "3d_lowres", *FAST)
     run_autoseg("train", out, "--epochs", "2", "--iterations-per-epoch", "1", "--no-validation", *FAST)
     for changed, words in ((["--epochs", "1"], "epochs: 2 -> 1 (it can only grow)"),
                            (["--epochs", "2", "--batch-size", "3"], "batch_size: None -> 3"),
                            (["--time-budget", "1m"], "time_budget_s: None -> 60.0")):
-        proc = run_autoseg("train", out, "--iterations-per-epoch", "1", "--no-validation", *changed, *FAST,
-                           check=False)
-        assert proc.returncode == 1 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-        assert "only --epochs or --time-budget may grow" in proc.stderr
+        err = _cli_error(capsys, "train", out, "--iterations-per-epoch", "1", "--no-validation", *changed, *FAST)
+        assert words in err and err.count("\n") == 1, err
+        assert "only --epochs or --time-budget may grow" in err
     proc = run_autoseg("train", out, "--time-budget", "soon", *FAST, check=False)
     assert proc.returncode == 2 and "not a duration" in proc.stderr
 

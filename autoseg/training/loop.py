@@ -204,7 +204,9 @@ def _train(output_dir: Path, plan: Plan, fold: str, configuration: str, options:
                 "options": to_dict(options), "configuration": configuration, "fold": fold,
                 "in_channels": in_channels, "num_classes": num_classes}
 
-    done = _finished(state, options)
+    # a new run trains at least one epoch, even when deciding its recipe used up a tiny budget: it must end
+    # with a model
+    done = checkpoint_path is not None and _finished(state, options)
     if not done:
         _run_epochs(network, optimizer, scaler, state, metrics, options, recipe, plan, configuration, data_folder,
                     train_ids, val_ids or train_ids, previous, model_dir, ranks, device, workers, progress, amp_dtype,
@@ -326,7 +328,9 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
     last_save = time.monotonic()
     tail_s = None  # what the last epoch's validation patches and bookkeeping took
     tracker = make_tracker(options.tensorboard, model_dir, ranks.is_main)  # flushed every epoch
-    while not _finished(state, options):
+    first_epoch = True  # always run one: a new run whose recipe decision used up the budget still needs a model
+    while first_epoch or not _finished(state, options):
+        first_epoch = False
         epoch_start = time.monotonic()
         network.train()
         losses = []
