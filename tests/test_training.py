@@ -339,6 +339,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # half a minute; CI keeps the two-process run beside it within its time (run with -m slow)
 def test_two_node_groups_on_loopback_train_and_resume(planned, tmp_path):
     """torchrun --nnodes 2 as two node groups of one process each on this machine (gloo over loopback), sharing
     the output folder as nodes share a file system; then the finished run trained longer on both nodes, which
