@@ -53,16 +53,20 @@ def source_weights(source: str | Path, configuration: str) -> dict[str, torch.Te
         path = path / "checkpoint_final.pt"
     if path.is_file() and path.suffix == ".pt":
         return read_fold_weights(path).state_dict
-    if path.is_file():
-        from autoseg.model.package import load_package
-        models = load_package(path).models
-    elif path.is_dir():
-        from autoseg.model.trained import load_models
-        models = load_models(path, None).models
-    else:
-        raise AutosegError(f"{path}: no such checkpoint, model folder or package")
+    models = _trained_models(path, "checkpoint, model folder or package")
     chosen = next((m for m in models if m.configuration == configuration), models[0])
     return {k: v.float() for k, v in chosen.networks[0].state_dict().items()}
+
+
+def _trained_models(path: Path, what: str) -> list:
+    """The models of a package file or a training folder's models/."""
+    if path.is_file():
+        from autoseg.model.package import load_package
+        return load_package(path).models
+    if path.is_dir():
+        from autoseg.model.trained import load_models
+        return load_models(path, None).models
+    raise AutosegError(f"{path}: no such {what}")
 
 
 def source_plan(source: str | Path) -> PlanSource:
@@ -76,14 +80,7 @@ def source_plan(source: str | Path) -> PlanSource:
         path = path / "plan.json"
     if path.is_file() and path.suffix == ".json":
         return PlanSource(load_plan(path), str(path))
-    if path.is_file():
-        from autoseg.model.package import load_package
-        members = load_package(path).models
-    elif path.is_dir():
-        from autoseg.model.trained import load_models
-        members = load_models(path, None).models
-    else:
-        raise AutosegError(f"{path}: no such plan.json, output folder, model folder or package")
+    members = _trained_models(path, "plan.json, output folder, model folder or package")
     configurations = {}
     for member in members:
         while member is not None:
