@@ -54,8 +54,7 @@ class LabelScheme:
     @classmethod
     def of(cls, holder) -> "LabelScheme":
         """The scheme of anything carrying labels, regions and ignore_label (dataset, fingerprint, plan)."""
-        return cls(dict(holder.labels), list(getattr(holder, "regions", []) or []),
-                   getattr(holder, "ignore_label", None))
+        return cls(dict(holder.labels), list(holder.regions), holder.ignore_label)
 
     @property
     def uses_regions(self) -> bool:

@@ -161,6 +161,7 @@ def test_evaluate_names_a_case_whose_geometry_differs(tmp_path):
 
 def _pp_pairs(tmp_path, spurious: bool):
     from autoseg.evaluation.postprocessing_decision import decide_postprocessing
+    from autoseg.label_scheme import LabelScheme
     pairs = []
     for k in range(3):
         ref = np.zeros((12, 16, 16), np.uint8)
@@ -176,7 +177,7 @@ def _pp_pairs(tmp_path, spurious: bool):
         write_image(pp, pred)
         write_image(ref_p, ref)
         pairs.append((f"c{k}", pp, ref_p))
-    return decide_postprocessing(pairs, [1, 2], workers=1, progress=False)
+    return decide_postprocessing(pairs, LabelScheme({"background": 0, "a": 1, "b": 2}), workers=1, progress=False)
 
 
 def test_postprocessing_removes_a_spurious_blob(tmp_path):

@@ -232,7 +232,7 @@ def test_a_finished_run_trains_longer_on_the_longer_schedule(planned, tmp_path):
 
 def test_a_larger_time_budget_continues_a_finished_budget_run(planned, tmp_path):
     out = _copy(planned, tmp_path)
-    args = ["--recipe", "standard", "--iterations-per-epoch", "5", "--no-validation", *FAST]
+    args = ["--iterations-per-epoch", "5", "--no-validation", *FAST]
     run_autoseg("train", out, "--time-budget", "3s", *args)
     folder = out / "models/3d_fullres/fold_0"
     before = _final_state(folder)["state"]
@@ -245,8 +245,7 @@ def test_a_larger_time_budget_continues_a_finished_budget_run(planned, tmp_path)
 
 def test_a_budget_used_up_before_the_first_epoch_still_ends_with_a_model(planned, tmp_path):
     out = _copy(planned, tmp_path)
-    run_autoseg("train", out, "--time-budget", "0.01s", "--recipe", "standard", "--iterations-per-epoch", "3",
-                "--no-validation", *FAST)
+    run_autoseg("train", out, "--time-budget", "0.01s", "--iterations-per-epoch", "3", "--no-validation", *FAST)
     state = _final_state(out / "models/3d_fullres/fold_0")["state"]
     assert state["epoch"] == 1 and 1 <= state["iteration"] <= 3
 
@@ -292,8 +291,7 @@ def test_cli_errors_are_one_line(planned, tmp_path, capsys):
 
 def test_time_budget_fits_the_schedule_into_the_budget(planned, tmp_path):
     out = _copy(planned, tmp_path)
-    run_autoseg("train", out, "--time-budget", "4s", "--recipe", "standard", "--iterations-per-epoch", "5",
-                "--no-validation", *FAST)
+    run_autoseg("train", out, "--time-budget", "4s", "--iterations-per-epoch", "5", "--no-validation", *FAST)
     metrics = [json.loads(x) for x in (out / "models/3d_fullres/fold_0/metrics.jsonl").read_text().splitlines()]
     step_s = max(m["iterations_time_s"] / m["iterations"] for m in metrics)
     assert 4.0 - 2 * step_s - 0.3 <= metrics[-1]["train_seconds"] <= 4.0 + step_s + 0.3

@@ -57,12 +57,10 @@ def _improves(before: dict[int, float], after: dict[int, float]) -> bool:
     return np.mean([after[v] for v in defined]) > np.mean([before[v] for v in defined]) + 1e-12
 
 
-def decide_postprocessing(pairs, scheme: LabelScheme | list[int], workers: int | None = None,
+def decide_postprocessing(pairs, scheme: LabelScheme, workers: int | None = None,
                           progress: bool = True) -> tuple[Postprocessing, dict]:
-    """The steps worth applying to these (case, prediction, reference) pairs, and the Dice behind the choice.
-    scheme: the model's label scheme, or plain foreground label values."""
-    if not isinstance(scheme, LabelScheme):
-        scheme = LabelScheme({"background": 0, **{str(int(v)): int(v) for v in scheme}})
+    """The steps worth applying to these (case, prediction, reference) pairs under the model's label scheme,
+    and the Dice behind the choice."""
     keys = [t.key for t in scheme.targets]
     workers = default_workers() if workers is None else workers
     tasks = [(pred, ref, scheme, None) for _, pred, ref in pairs]
