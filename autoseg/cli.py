@@ -10,8 +10,8 @@ from autoseg.errors import AutosegError, CasesFailed, DatasetInvalid
 from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
 from autoseg.output_location import check_output_dir, writing_errors
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
-from autoseg.planning.presets import PRESETS
-from autoseg.cli_args import fold, label_target, positive_float, positive_int, step
+from autoseg.planning.presets import ARCHITECTURE_PRESETS, PRESETS
+from autoseg.cli_args import configuration_name, fold, label_target, positive_float, positive_int, step
 from autoseg.cli_train import add_train_parser
 
 
@@ -25,8 +25,12 @@ def _cmd_plan(args) -> int:
         from autoseg.model.weight_transfer import source_plan
 
         plan_from = source_plan(args.plan_from)
+    if args.architecture is not None and args.preset is not None:
+        raise AutosegError("give either --preset or --architecture (the family's default preset), not both")
+    preset = ARCHITECTURE_PRESETS[args.architecture] if args.architecture else args.preset or "plain"
     result = plan_dataset(args.dataset_dir, args.output, args.fingerprint, args.workers, args.gpu_memory,
-                          tuple(args.configs), progress=not args.quiet, plan_from=plan_from, preset=args.preset)
+                          tuple(args.configs), progress=not args.quiet, plan_from=plan_from, preset=preset,
+                          families=tuple(args.families))
     print(describe_plan(result.plan))
     report = result.report
     print(f"dataset report: {len(report.findings)} finding(s), {len(report.flagged_cases)} case(s) flagged "
@@ -129,7 +133,7 @@ def _cmd_find_best(args) -> int:
     from autoseg.model.trained import INFERENCE_FILE
 
     choice = find_best(args.output_dir, args.configs, args.workers, progress=not args.quiet,
-                       tolerance_mm=args.tolerance)
+                       tolerance_mm=args.tolerance, crf=not args.no_crf)
     print(format_candidates(choice))
     print(f"-> {Path(args.output_dir) / 'models' / INFERENCE_FILE}")
     return 0
@@ -154,10 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
     plan.add_argument("--gpu-memory", type=positive_float, default=None, metavar="GB",
                       help="GPU memory budget the patch and batch size are sized for (default: the preset's, 8 for "
-                           "plain and resenc-m, 24 for resenc-l, 40 for resenc-xl)")
-    plan.add_argument("--preset", choices=tuple(PRESETS), default="plain",
-                      help="network: plain (nnU-Net's default U-Net; default) or nnU-Net's residual-encoder presets "
-                           "resenc-m / resenc-l / resenc-xl (docs/architectures.md)")
+                           "plain, resenc-m and deeplab, 24 for resenc-l, 40 for resenc-xl)")
+    plan.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                      help="network: plain (nnU-Net's default U-Net; default), nnU-Net's residual-encoder presets "
+                           "resenc-m / resenc-l / resenc-xl, or deeplab (docs/architectures.md)")
+    plan.add_argument("--families", nargs="+", choices=tuple(PRESETS), default=[], metavar="PRESET",
+                      help="also plan these presets' networks beside 2d and 3d_fullres, on the same preprocessed data, "
+                           "as configurations <configuration>@<preset> (e.g. 3d_fullres@deeplab) to train and let "
+                           "find-best compare")
+    plan.add_argument("--architecture", choices=tuple(ARCHITECTURE_PRESETS), default=None,
+                      help="the network family at its default memory target: plain, resenc (= resenc-m) or deeplab "
+                           "(atrous deepest stages + ASPP)")
     plan.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=list(CONFIGURATION_NAMES),
                       metavar="NAME", help=f"configurations to plan (default: all that apply; {', '.join(CONFIGURATION_NAMES)})")
     plan.add_argument("--plan-from", metavar="SOURCE", default=None,
@@ -175,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUTPUT_DIR/preprocessed/<configuration>/. Reruns skip cases that are already up to date, "
                     "so an interrupted run continues where it stopped.")
     pre.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder with plan.json (written by autoseg plan)")
-    pre.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=None, metavar="NAME",
+    pre.add_argument("--configs", nargs="+", type=configuration_name, default=None, metavar="NAME",
                      help="configurations to preprocess (default: all in the plan)")
     pre.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
     pre.add_argument("--force", action="store_true", help="redo every case, even those up to date")
@@ -195,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, metavar="OUTPUT_DIR", help="folder for the label maps")
     pr.add_argument("-m", "--models", required=True, metavar="MODEL",
                     help="a model package (autoseg export) or a training folder's OUTPUT_DIR/models")
-    pr.add_argument("--config", default=None, choices=CONFIGURATION_NAMES, metavar="NAME",
+    pr.add_argument("--config", default=None, type=configuration_name, metavar="NAME",
                     help="configuration (default: find-best's choice, else the only trained one, else 3d_fullres)")
     pr.add_argument("--folds", nargs="+", type=fold, default=None, metavar="K",
                     help="folds to average (default: every fold with a final checkpoint)")
@@ -236,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "by the input checks, a model card, and a manifest with the sha256 of every member.")
     ex.add_argument("output_dir", metavar="OUTPUT_DIR", help="the training folder (with plan.json and models/)")
     ex.add_argument("-o", "--output", required=True, metavar="FILE", help="the package to write, e.g. model.autoseg")
-    ex.add_argument("--config", default=None, choices=CONFIGURATION_NAMES, metavar="NAME",
+    ex.add_argument("--config", default=None, type=configuration_name, metavar="NAME",
                     help="configuration (default: find-best's choice, else the only trained one, else 3d_fullres)")
     ex.add_argument("--folds", nargs="+", type=fold, default=None, metavar="K",
                     help="folds to include (default: every fold with a final checkpoint)")
@@ -297,13 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
         "find-best", help="pick the configuration (or ensemble) to predict with, and its postprocessing",
         description="Evaluate each trained configuration's cross-validation predictions and every pairwise "
                     "ensemble, pick the best mean foreground Dice (ties to the simpler), decide its "
-                    "postprocessing, and write OUTPUT_DIR/models/inference.json for autoseg predict.")
+                    "postprocessing (a dense CRF, then connected components; each kept only where it helps), and "
+                    "write OUTPUT_DIR/models/inference.json for autoseg predict.")
     fb.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder with plan.json and models/")
-    fb.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=None, metavar="NAME",
+    fb.add_argument("--configs", nargs="+", type=configuration_name, default=None, metavar="NAME",
                     help="configurations to consider (default: every one with a validated fold)")
     fb.add_argument("--tolerance", type=positive_float, default=1.0, metavar="MM",
                     help="normalized surface Dice tolerance in mm (default 1)")
     fb.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
+    fb.add_argument("--no-crf", action="store_true",
+                    help="do not try a dense CRF (it costs a few mean-field passes per case and setting)")
     fb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     fb.set_defaults(func=_cmd_find_best)
     return parser

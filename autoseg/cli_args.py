@@ -54,3 +54,14 @@ def label_target(text: str):
     if any(v < 1 for v in target.values):
         raise argparse.ArgumentTypeError(f"foreground values are 1 or more, got {text!r}")
     return target
+
+
+def configuration_name(text: str) -> str:
+    """2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres, or a family variant planned with --families
+    (e.g. 3d_fullres@deeplab)."""
+    from autoseg.planning.plan_types import is_configuration_name
+
+    if not is_configuration_name(text):
+        raise argparse.ArgumentTypeError(f"unknown configuration {text!r} (2d, 3d_fullres, 3d_lowres, "
+                                         f"3d_cascade_fullres, or 2d / 3d_fullres@<preset>)")
+    return text

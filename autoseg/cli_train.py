@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from autoseg.cli_args import duration, fold, positive_float, positive_int
-from autoseg.planning.plan_types import CONFIGURATION_NAMES
+from autoseg.cli_args import configuration_name, duration, fold, positive_float, positive_int
 from autoseg.training.options import TrainOptions
 
 
@@ -42,7 +41,7 @@ def add_train_parser(sub) -> None:
                     "from the last checkpoint. Under torchrun, trains data-parallel on all processes.")
     tr.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder with plan.json and preprocessed/")
     tr.add_argument("--fold", type=fold, default="0", help="fold 0-4 of splits.json, or 'all' (default: 0)")
-    tr.add_argument("--config", default="3d_fullres", choices=CONFIGURATION_NAMES, metavar="NAME",
+    tr.add_argument("--config", default="3d_fullres", type=configuration_name, metavar="NAME",
                     help="configuration to train (default: 3d_fullres)")
     tr.add_argument("--epochs", type=positive_int, default=defaults.epochs,
                     help=f"epochs (default: {defaults.epochs})")

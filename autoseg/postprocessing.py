@@ -1,4 +1,5 @@
-"""Postprocessing of predicted label maps: keep only the largest connected component.
+"""Postprocessing of predictions: a dense CRF on the class probabilities (autoseg.crf), then keeping only the
+largest connected component of the label map.
 
 Which steps apply to a model is decided from its cross-validation predictions (evaluation) and
 saved as `postprocessing.json` in the configuration's model folder; `autoseg predict` applies it.
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from autoseg.crf import CrfSettings, refine
 from autoseg.jsonio import load_versioned, write_json_atomic
 
 POSTPROCESSING_VERSION = 1
@@ -24,10 +26,31 @@ class Postprocessing:
     largest_component_of_foreground: bool = False
     # then, for each of these label values, keep only that class's largest component
     largest_component_of_classes: list[int] = field(default_factory=list)
+    # before both, on the probabilities: a dense CRF with these settings (None: none)
+    crf: CrfSettings | None = None
 
     @property
     def is_identity(self) -> bool:
-        return not self.largest_component_of_foreground and not self.largest_component_of_classes
+        return not self.largest_component_of_foreground and not self.largest_component_of_classes and self.crf is None
+
+    @property
+    def label_steps_only(self) -> "Postprocessing":
+        """The steps that work on a label map (without the CRF, which needs the probabilities)."""
+        return Postprocessing(largest_component_of_foreground=self.largest_component_of_foreground,
+                              largest_component_of_classes=list(self.largest_component_of_classes))
+
+
+@dataclass(frozen=True)
+class ScanIntensities:
+    """What the CRF's appearance kernel needs of the scan, on the grid of the probabilities: the first channel
+    normalised as the plan says, and the spacing in mm per array axis."""
+
+    image: np.ndarray
+    spacing: tuple[float, ...]
+
+
+def refine_probabilities(probabilities: np.ndarray, scan: ScanIntensities, settings: CrfSettings) -> np.ndarray:
+    return refine(probabilities, scan.image, scan.spacing, settings)
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
@@ -41,7 +64,8 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def apply_postprocessing(segmentation: np.ndarray, steps: Postprocessing) -> np.ndarray:
-    """A new label map with the steps applied; voxels removed become background (0)."""
+    """A new label map with the label-map steps applied; voxels removed become background (0). (The CRF, when
+    the steps have one, was applied to the probabilities before: autoseg.model.prediction.restore.)"""
     out = segmentation.copy()
     if steps.largest_component_of_foreground:
         foreground = out > 0

@@ -3,6 +3,7 @@ import csv
 import json
 import math
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -218,6 +219,9 @@ def test_find_best_end_to_end_and_predict_follows_it(tmp_path):
     assert best["configurations"] == choice["configurations"]
     assert all((best["foreground_mean_dice"] or 0) >= (c["foreground_mean_dice"] or 0) for c in choice["candidates"])
     assert "chosen:" in proc.stdout and "2d + 3d_fullres" in proc.stdout
+    crf = choice["postprocessing_dice"]["crf"]  # the CRF was tried on the winner's probabilities, every setting
+    assert len(crf["tried"]) == 8 and set(crf["dice_without"]) == {"1", "2"}
+    assert (choice["postprocessing"]["crf"] is None) == (crf["chosen"] is None)
     ensemble = out / "models/ensembles/2d__3d_fullres/crossval"
     splits = json.loads((out / "splits.json").read_text())
     validated = sorted(splits[0]["val"] + splits[1]["val"])
@@ -236,3 +240,44 @@ def test_find_best_end_to_end_and_predict_follows_it(tmp_path):
     run_autoseg("predict", "-i", data / "imagesTr", "-o", ens, "-m", out / "models", "--no-tta", "-q")
     assert json.loads((ens / "prediction_summary.json").read_text())["configuration"] == "2d + 3d_fullres"
     assert len(list(ens.glob("*.nii.gz"))) == 6
+
+
+def test_find_best_compares_network_families_planned_side_by_side(tmp_path):
+    """`plan --families deeplab` adds 3d_fullres@deeplab on the same preprocessed data; find-best ranks it, its
+    ensemble with the plain network, and predict follows a family's choice."""
+    from autoseg.planning.run import plan_dataset
+    from autoseg.preprocessing import preprocess_dataset
+    from autoseg.training.loop import train
+    from autoseg.training.options import TrainOptions
+
+    data = write_nnunet_dataset(tmp_path / "Dataset002_Fam", n_cases=5, shape=(16, 20, 18), spacing=(1.0, 1.0, 1.0))
+    out = tmp_path / "planned"
+    plan_dataset(data, out, workers=1, configurations=("3d_fullres",), progress=False, families=("deeplab",))
+    plan = json.loads((out / "plan.json").read_text())
+    assert list(plan["configurations"]) == ["3d_fullres", "3d_fullres@deeplab"]
+    assert plan["configurations"]["3d_fullres@deeplab"]["data_identifier"] == "3d_fullres"
+    result = preprocess_dataset(out, workers=1, progress=False)
+    assert sorted(p.name for p in (out / "preprocessed").iterdir()) == ["3d_fullres"]
+    options = TrainOptions(epochs=1, iterations_per_epoch=3, precision="fp32", batch_size=2)
+    for configuration in ("3d_fullres", "3d_fullres@deeplab"):
+        train(out, "0", configuration, options, device="cpu", workers=0, progress=False)
+    assert result.processed == 5
+
+    run_autoseg("find-best", out, "--workers", "1", "--no-crf", "-q")
+    choice = json.loads((out / "models/inference.json").read_text())
+    names = {" + ".join(c["configurations"]) for c in choice["candidates"]}
+    assert names == {"3d_fullres", "3d_fullres@deeplab", "3d_fullres + 3d_fullres@deeplab"}
+    assert choice["postprocessing_dice"]["crf"] == "not tried: disabled"
+
+    choice.update(configurations=["3d_fullres@deeplab"])
+    (out / "models/inference.json").write_text(json.dumps(choice))
+    pred = tmp_path / "pred"
+    run_autoseg("predict", "-i", data / "imagesTr", "-o", pred, "-m", out / "models", "--no-tta", "-q")
+    assert json.loads((pred / "prediction_summary.json").read_text())["configuration"] == "3d_fullres@deeplab"
+    # and packed into one file, it predicts the same
+    run_autoseg("export", out, "-o", tmp_path / "family.autoseg")
+    packed = tmp_path / "packed"
+    run_autoseg("predict", "-i", data / "imagesTr", "-o", packed, "-m", tmp_path / "family.autoseg", "--no-tta", "-q")
+    for path in sorted(pred.glob("*.nii.gz")):
+        assert np.array_equal(np.asarray(nib.load(str(path)).dataobj),
+                              np.asarray(nib.load(str(packed / path.name)).dataobj))

@@ -323,3 +323,33 @@ def test_restore_resamples_logits_then_takes_the_softmax_like_nnunet(trained):
     softmax_first /= softmax_first.sum(0)
     interpolated = np.stack([resample_volume(c, props.shape_after_crop, kernels) for c in softmax_first]).argmax(0)
     assert (interpolated != resampled.argmax(0)).any(), "this case should tell the two orders apart"
+
+
+def test_saved_crf_refines_the_restored_probabilities(trained, tmp_path):
+    """A CRF step in the saved postprocessing runs on the probabilities on the scan's own grid with the scan's
+    first channel normalised as the plan says, before any label-map step; the CLI writes what the API gives."""
+    from autoseg.crf import CrfSettings, refine
+    from autoseg.inference.inputs import InputCase
+    from autoseg.inference.predictor import Predictor
+    from autoseg.model.prediction import restore
+    from autoseg.preprocessing.normalize import normalize_scan
+
+    images = Path(json.loads((trained / "fingerprint.json").read_text())["dataset_dir"]) / "imagesTr"
+    models = tmp_path / "models"
+    shutil.copytree(trained / "models", models)
+    settings = CrfSettings(bilateral_weight=3.0, spatial_sigma_mm=3.0, intensity_sigma=0.5)
+    save_postprocessing(Postprocessing(crf=settings), models / "3d_fullres")
+    predictor = Predictor.load(models, device="cpu", mirror=False)
+    case = InputCase("case_001", (images / "case_001_0000.nii.gz",), False)
+    prepared = predictor.prepare_files(case)
+    logits = predictor.infer(prepared)
+    members = [(logits[0], prepared.inputs[0].props, predictor.models.plan)]
+    plain = restore(members, keep_probabilities=True)
+    intensity = normalize_scan(prepared.data.image[:1], predictor.models.plan.normalization[:1])[0]
+    expected = refine(plain.probabilities, intensity, prepared.data.geometry.spacing, settings).argmax(0)
+    refined = predictor.restore(prepared, logits)
+    assert np.array_equal(refined.segmentation, expected)
+    out = tmp_path / "out"
+    run_autoseg("predict", "-i", images / "case_001_0000.nii.gz", "-o", out, "-m", models, "--no-tta", "-q")
+    written = np.asarray(nib.load(str(out / "case_001.nii.gz")).dataobj).transpose(2, 1, 0)
+    assert np.array_equal(written, expected)

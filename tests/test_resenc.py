@@ -66,7 +66,7 @@ def test_resenc_plan_records_the_preset_and_its_memory_and_trains(tmp_path):
     assert plan["preset"] == "resenc-l" and plan["gpu_memory_gb"] == 24.0
     assert plan["configurations"]["3d_fullres"]["architecture"] == "resenc"
     run_autoseg("train", out, "--fold", "0", "--epochs", "4", "--iterations-per-epoch", "8", "--width", "0.5",
-                "--precision", "fp32", "--workers", "0", "-q", "--no-validation")
+                "--batch-size", "2", "--precision", "fp32", "--workers", "0", "-q", "--no-validation")
     fold = out / "models" / "3d_fullres" / "fold_0"
     metrics = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]

@@ -40,7 +40,7 @@ def _dice_pair(task):
     return dice_per_target(base, reference, scheme.targets, scheme.ignore_label), with_step
 
 
-def _means(rows: list[dict], labels) -> dict[str, float]:
+def target_means(rows: list[dict], labels) -> dict[str, float]:
     out = {}
     for value in labels:
         finite = [r[value] for r in rows if not math.isnan(r[value])]
@@ -48,7 +48,7 @@ def _means(rows: list[dict], labels) -> dict[str, float]:
     return out
 
 
-def _improves(before: dict[int, float], after: dict[int, float]) -> bool:
+def improves(before: dict[int, float], after: dict[int, float]) -> bool:
     defined = [v for v in before if not math.isnan(before[v])]
     if not defined:
         return False
@@ -65,16 +65,16 @@ def decide_postprocessing(pairs, scheme: LabelScheme, workers: int | None = None
     workers = default_workers() if workers is None else workers
     tasks = [(pred, ref, scheme, None) for _, pred, ref in pairs]
     results = list(map_cases(_dice_pair, tasks, workers, progress, "postprocessing (foreground)"))
-    plain, largest = _means([r[0] for r in results], keys), _means([r[1] for r in results], keys)
-    foreground = _improves(plain, largest)
+    plain, largest = target_means([r[0] for r in results], keys), target_means([r[1] for r in results], keys)
+    foreground = improves(plain, largest)
     classes = []
     base, per_class = plain if not foreground else largest, {}
     if not scheme.uses_regions:
         tasks = [(pred, ref, scheme, foreground) for _, pred, ref in pairs]
         results = list(map_cases(_dice_pair, tasks, workers, progress, "postprocessing (classes)"))
-        base = _means([r[0] for r in results], keys)
-        per_class = _means([r[1] for r in results], keys)
-        classes = [int(k) for k in keys if _improves({k: base[k]}, {k: per_class[k]})]
+        base = target_means([r[0] for r in results], keys)
+        per_class = target_means([r[1] for r in results], keys)
+        classes = [int(k) for k in keys if improves({k: base[k]}, {k: per_class[k]})]
     report = {"dice_without": plain, "dice_foreground_largest_component": largest,
               "dice_after_first_step": base, "dice_class_largest_component": per_class}
     return Postprocessing(largest_component_of_foreground=foreground, largest_component_of_classes=classes), report

@@ -37,7 +37,9 @@ from autoseg.model.precision import autocast_dtype
 from autoseg.model.prediction import (STEP, InferenceSettings, OutputFiles, PreparedInput, Restored,
                                       case_logits, restore, restore_and_write)
 from autoseg.model.trained import ModelSet, load_models
+from autoseg.postprocessing import ScanIntensities
 from autoseg.preprocessing.case import preprocess_case
+from autoseg.preprocessing.normalize import normalize_scan
 
 @dataclass
 class PreparedCase:
@@ -175,7 +177,16 @@ class Predictor:
         """Back to the scan's own grid and orientation, postprocessed; nothing written."""
         members = [(p, inputs.props, model.plan)
                    for p, inputs, model in zip(logits, prepared.inputs, self.models.models)]
-        return restore(members, postprocessing=self.models.postprocessing, keep_probabilities=keep_probabilities)
+        return restore(members, postprocessing=self.models.postprocessing, keep_probabilities=keep_probabilities,
+                       scan=self._scan_intensities(prepared))
+
+    def _scan_intensities(self, prepared: PreparedCase) -> ScanIntensities | None:
+        """The normalised scan on its own grid, when the postprocessing has a CRF step that looks at it."""
+        postprocessing = self.models.postprocessing
+        if postprocessing is None or postprocessing.crf is None:
+            return None
+        image = normalize_scan(prepared.data.image[:1], self.models.plan.normalization[:1])[0]
+        return ScanIntensities(image, tuple(float(s) for s in prepared.data.geometry.spacing))
 
     def finish(self, prepared: PreparedCase, logits: list[np.ndarray], files: OutputFiles | None, *,
                report: bool = True, case_id: str = "") -> tuple[np.ndarray, CaseReport | None]:
@@ -183,7 +194,8 @@ class Predictor:
         start = time.perf_counter()
         members = [(p, inputs.props, model.plan)
                    for p, inputs, model in zip(logits, prepared.inputs, self.models.models)]
-        segmentation = restore_and_write(members, files, postprocessing=self.models.postprocessing)
+        segmentation = restore_and_write(members, files, postprocessing=self.models.postprocessing,
+                                         scan=self._scan_intensities(prepared))
         prepared.timings["restore_write_s"] = time.perf_counter() - start
         if not report:
             return segmentation, None

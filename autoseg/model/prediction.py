@@ -3,8 +3,9 @@ predict`, the Python API and the service all take.
 
 network(s) -> sliding-window logits on the preprocessed grid -> (cascade: the first stage's segmentation
 as extra channels) -> logits restored to the scan's own grid and orientation, argmax there (probabilities:
-softmax there, as nnU-Net) -> (ensemble: members' probabilities averaged there) -> postprocessing -> files written atomically, the
-label map last so its presence marks a finished case.
+softmax there, as nnU-Net) -> (ensemble: members' probabilities averaged there) -> postprocessing (a dense CRF
+on the probabilities there, then connected components) -> files written atomically, the label map last so its
+presence marks a finished case.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from autoseg.model.cascade import cascade_classes, one_hot_channels
 from autoseg.model.outputs import normalized_entropy, save_probabilities
 from autoseg.model.sliding_window import STEP, predict_logits
 from autoseg.planning.plan_types import Plan
-from autoseg.postprocessing import Postprocessing, apply_postprocessing
+from autoseg.postprocessing import Postprocessing, ScanIntensities, apply_postprocessing, refine_probabilities
 from autoseg.preprocessing.case import (label_on_grid_of, restore_probabilities, restore_segmentation,
                                         write_like_source)
 from autoseg.preprocessing.properties import CaseProperties
@@ -107,14 +108,18 @@ class Restored:
 
 
 def restore(members: list[tuple[np.ndarray, CaseProperties, Plan]], *, postprocessing: Postprocessing | None = None,
-            keep_probabilities: bool = False) -> Restored:
+            keep_probabilities: bool = False, scan: ScanIntensities | None = None) -> Restored:
     """members: (logits on the preprocessed grid, that grid's properties, plan) per model. Restores to the
     scan's own grid (one member: the argmax of the resampled logits class by class, the memory-light path;
     several: each member's softmax of its resampled logits, averaged on the scan's grid where all members
-    meet), then postprocesses."""
+    meet), then postprocesses. A CRF step needs the scan's intensities on that grid (`scan`); without them it
+    is refused rather than skipped."""
     scheme = members[0][2].label_scheme
+    crf = postprocessing.crf if postprocessing is not None else None
+    if crf is not None and (scan is None or scheme.uses_regions):
+        raise ValueError("a CRF step needs the scan's intensities and class (not region) probabilities")
     restored = None
-    if len(members) == 1:
+    if len(members) == 1 and crf is None:
         logits, props, plan = members[0]
         segmentation = restore_segmentation(logits, props, plan)
         if keep_probabilities:
@@ -124,8 +129,10 @@ def restore(members: list[tuple[np.ndarray, CaseProperties, Plan]], *, postproce
             member = restore_probabilities(logits, props, plan, from_logits=True)
             restored = member if restored is None else restored + member
         restored /= len(members)
+        if crf is not None:
+            restored = refine_probabilities(restored, scan, crf)
         segmentation = ensemble_labels(restored, scheme)
-    if postprocessing is not None and not postprocessing.is_identity:
+    if postprocessing is not None and not postprocessing.label_steps_only.is_identity:
         segmentation = apply_postprocessing(segmentation, postprocessing)
     return Restored(segmentation, restored, members[0][1], scheme.output_values, scheme.uses_regions)
 
@@ -147,10 +154,10 @@ def write_outputs(restored: Restored, files: OutputFiles, *, before_label_map=No
 
 
 def restore_and_write(members: list[tuple[np.ndarray, CaseProperties, Plan]], files: OutputFiles | None, *,
-                      postprocessing: Postprocessing | None = None) -> np.ndarray:
+                      postprocessing: Postprocessing | None = None, scan: ScanIntensities | None = None) -> np.ndarray:
     """restore() then write_outputs() (nothing written without files); returns the label map."""
     keep = files is not None and (files.probabilities is not None or files.entropy is not None)
-    restored = restore(members, postprocessing=postprocessing, keep_probabilities=keep)
+    restored = restore(members, postprocessing=postprocessing, keep_probabilities=keep, scan=scan)
     if files is not None:
         write_outputs(restored, files)
     return restored.segmentation

@@ -10,7 +10,7 @@ import torch
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import load_fingerprint
 from autoseg.jsonio import from_dict, to_dict
-from autoseg.planning.plan_types import CONFIGURATION_NAMES, Plan, load_plan
+from autoseg.planning.plan_types import Plan, check_configuration_name, is_configuration_name, load_plan
 from autoseg.postprocessing import Postprocessing, load_postprocessing
 from autoseg.model.checkpoint import FINAL, LATEST, read_fold_weights
 from autoseg.model.network import build_network
@@ -56,7 +56,7 @@ def read_inference_choice(models_dir: Path) -> tuple[list[str], Postprocessing] 
         raise AutosegError(f"{path}: not a valid find-best choice (rerun autoseg find-best)") from None
     if not configurations:
         raise AutosegError(f"{path}: names no configuration (rerun autoseg find-best)")
-    unknown = [c for c in configurations if c not in CONFIGURATION_NAMES]
+    unknown = [c for c in configurations if not is_configuration_name(c)]
     if unknown:  # they become folder names under models/: nothing else may pass
         raise AutosegError(f"{path}: unknown configuration {unknown[0]!r} (rerun autoseg find-best)")
     return configurations, postprocessing
@@ -84,8 +84,8 @@ def load_trained_model(models_dir: str | Path, configuration: str | None = None,
                        device: torch.device = torch.device("cpu")) -> TrainedModel:
     """The configuration's networks for `folds` (default: every fold with a final checkpoint)."""
     models_dir = Path(models_dir)
-    if configuration is not None and configuration not in CONFIGURATION_NAMES:
-        raise AutosegError(f"unknown configuration {configuration!r} ({', '.join(CONFIGURATION_NAMES)})")
+    if configuration is not None:
+        check_configuration_name(configuration, models_dir)
     configuration = configuration or default_configuration(models_dir)
     available = trained_folds(models_dir, configuration)
     if folds is None:

@@ -1,4 +1,5 @@
-"""Memory model: how many feature-map voxels a U-Net (plain or residual encoder) keeps for backpropagation.
+"""Memory model: how many feature-map voxels a network (plain U-Net, residual encoder, DeepLab) keeps for
+backpropagation.
 
 The count is the sum over every convolution's output (channels x voxels), the
 transposed convolutions and the segmentation output, which tracks GPU memory of
@@ -65,3 +66,14 @@ def feature_map_voxels(patch_size, pool_strides, features_per_stage, num_classes
                 for size, features in zip(sizes, features_per_stage))
     return total + _decoder_voxels(sizes, features_per_stage, num_classes, [convs_per_stage] * len(sizes),
                                    deep_supervision)
+
+
+def deeplab_feature_map_voxels(patch_size, strides, features_per_stage, num_classes: int, blocks_per_stage,
+                               convs_decoder, aspp_branches: int, deep_supervision: bool = False) -> int:
+    """The residual-encoder count with the network's real strides (autoseg.planning.atrous: the atrous stages
+    stay at a finer resolution), plus ASPP at the bottleneck: one output per branch (a 1x1 convolution, the
+    dilated ones, global pooling's is one voxel) and the projection of their concatenation."""
+    total = residual_feature_map_voxels(patch_size, strides, features_per_stage, num_classes, blocks_per_stage,
+                                        convs_decoder, deep_supervision)
+    bottleneck = int(np.prod(_stage_sizes(patch_size, strides)[-1], dtype=np.int64))
+    return total + (1 + aspp_branches + 1) * features_per_stage[-1] * bottleneck

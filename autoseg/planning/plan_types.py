@@ -11,6 +11,10 @@ from autoseg.label_scheme import LabelScheme, Region
 
 PLAN_VERSION = 2
 CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+# `autoseg plan --families`: another network family planned beside a configuration, on its data, named
+# "<configuration>@<preset>" (e.g. 3d_fullres@deeplab), trained, compared by find-best and predicted like any other
+FAMILY_SEPARATOR = "@"
+FAMILY_BASES = ("2d", "3d_fullres")
 NormalizationScheme = Literal["ct", "zscore", "none", "rescale_0_1"]
 
 
@@ -58,9 +62,16 @@ class Configuration:
     estimated_feature_map_voxels: int
     previous_stage: str | None = None
     next_stage: str | None = None
-    # the network family: "plain" (convolutions per stage) or "resenc" (convs_per_stage_encoder counts residual
-    # blocks, after a stem convolution); autoseg.planning.presets
-    architecture: Literal["plain", "resenc"] = "plain"
+    # the network family: "plain" (convolutions per stage), "resenc" (convs_per_stage_encoder counts residual
+    # blocks, after a stem convolution) or "deeplab" (resenc with atrous deepest stages and ASPP);
+    # autoseg.planning.presets
+    architecture: Literal["plain", "resenc", "deeplab"] = "plain"
+    # deeplab only (autoseg.planning.atrous): the deepest stages that keep their resolution, each stage's
+    # dilation per axis, and the ASPP branches' rates and kernel per axis
+    atrous_stages: int = 0
+    dilations: list[list[int]] = field(default_factory=list)
+    aspp_rates: list[list[int]] = field(default_factory=list)
+    aspp_kernel: list[int] = field(default_factory=list)
     # Elastic deformation costs augmentation time for little gain on most datasets: a switch, off.
     elastic_deformation: bool = False
 
@@ -71,6 +82,13 @@ class Configuration:
     @property
     def num_stages(self) -> int:
         return len(self.pool_strides)
+
+    @property
+    def network_strides(self) -> list[list[int]]:
+        """What each stage really strides: the planned pool stride, 1 in an atrous stage."""
+        first_atrous = self.num_stages - self.atrous_stages
+        return [[1] * self.ndim if stage >= first_atrous else list(stride)
+                for stage, stride in enumerate(self.pool_strides)]
 
 
 @dataclass
@@ -118,10 +136,31 @@ def load_plan(path) -> Plan:
     return plan
 
 
+def configuration_order(name: str) -> tuple[int, str]:
+    """Sort key: the base configurations in CONFIGURATION_NAMES' order, each followed by its family variants."""
+    base, _, family = name.partition(FAMILY_SEPARATOR)
+    return (CONFIGURATION_NAMES.index(base) if base in CONFIGURATION_NAMES else len(CONFIGURATION_NAMES), family)
+
+
+def is_configuration_name(name: str) -> bool:
+    """One of CONFIGURATION_NAMES, or a family variant of 2d / 3d_fullres ("3d_fullres@deeplab")."""
+    from autoseg.planning.presets import PRESETS
+
+    base, separator, family = name.partition(FAMILY_SEPARATOR)
+    if not separator:
+        return name in CONFIGURATION_NAMES
+    return base in FAMILY_BASES and family in PRESETS
+
+
+def check_configuration_name(name: str, where) -> None:
+    if not is_configuration_name(name):
+        raise AutosegError(f"{where}: unknown configuration {name!r} ({', '.join(CONFIGURATION_NAMES)}, or "
+                           f"2d / 3d_fullres{FAMILY_SEPARATOR}<preset> for another network family)")
+
+
 def check_plan_paths(plan: Plan, where) -> None:
     for key, config in plan.configurations.items():
-        if key not in CONFIGURATION_NAMES:
-            raise AutosegError(f"{where}: unknown configuration {key!r} ({', '.join(CONFIGURATION_NAMES)})")
+        check_configuration_name(key, where)
         for field_name in ("data_identifier",):
             value = getattr(config, field_name)
             if not is_plain_name(value):

@@ -8,9 +8,12 @@ import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import Fingerprint
-from autoseg.planning.memory import feature_map_voxels, reference_budget, residual_feature_map_voxels
+from autoseg.planning.atrous import atrous_layout
+from autoseg.planning.memory import (deeplab_feature_map_voxels, feature_map_voxels, reference_budget,
+                                     residual_feature_map_voxels)
 from autoseg.planning.normalization import plan_normalization
-from autoseg.planning.plan_types import CONFIGURATION_NAMES, PLAN_VERSION, Configuration, Plan, Resampling
+from autoseg.planning.plan_types import (CONFIGURATION_NAMES, FAMILY_BASES, FAMILY_SEPARATOR, PLAN_VERSION,
+                                        Configuration, Plan, Resampling)
 from autoseg.planning.presets import Preset, get_preset
 from autoseg.planning.spacing import resampled_shape, target_spacing, transpose_for
 from autoseg.planning.topology import pool_and_conv_layout
@@ -51,6 +54,10 @@ def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, s
         if preset.architecture == "resenc":
             return residual_feature_map_voxels(topo.patch_size, topo.pool_strides, features(n_stages), num_classes,
                                                encoder, decoder)
+        if preset.architecture == "deeplab":
+            layout = atrous_layout(spacing, topo.patch_size, topo.pool_strides)
+            return deeplab_feature_map_voxels(topo.patch_size, layout.strides, features(n_stages), num_classes,
+                                              encoder, decoder, len(layout.aspp_rates))
         return feature_map_voxels(topo.patch_size, topo.pool_strides, features(n_stages), num_classes, encoder[0])
 
     aspect = 1.0 / spacing
@@ -77,13 +84,18 @@ def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, s
     batch = max(min(batch, cap), MIN_BATCH_SIZE)
     n_stages = len(topo.pool_strides)
     encoder, decoder = preset.blocks(n_stages)
+    atrous = {}
+    if preset.architecture == "deeplab":
+        layout = atrous_layout(spacing, topo.patch_size, topo.pool_strides)
+        atrous = {"atrous_stages": layout.atrous_stages, "dilations": layout.dilations,
+                  "aspp_rates": layout.aspp_rates, "aspp_kernel": layout.aspp_kernel}
     return Configuration(
         name=name, data_identifier=name, spacing=[float(s) for s in spacing],
         median_shape=[float(m) for m in median_shape], patch_size=[int(p) for p in topo.patch_size],
         batch_size=int(batch), num_pools_per_axis=topo.num_pools_per_axis, pool_strides=topo.pool_strides,
         conv_kernels=topo.conv_kernels, features_per_stage=features(n_stages),
         convs_per_stage_encoder=encoder, convs_per_stage_decoder=decoder,
-        batch_dice=False, estimated_feature_map_voxels=int(voxels), architecture=preset.architecture)
+        batch_dice=False, estimated_feature_map_voxels=int(voxels), architecture=preset.architecture, **atrous)
 
 
 def _lowres(fullres: Configuration, median_shape, num_classes, num_cases, sizing: Sizing) -> Configuration | None:
@@ -110,12 +122,34 @@ def _lowres(fullres: Configuration, median_shape, num_classes, num_cases, sizing
     return lowres
 
 
+def _family_variants(chosen: dict[str, Configuration], families, gpu_memory_gb: float | None, num_classes: int,
+                     n_voxels_dataset: float) -> dict[str, Configuration]:
+    """Each other preset's network planned beside 2d and 3d_fullres, on their data (spacing and preprocessing are
+    the same for every preset; only the network, patch and batch differ)."""
+    variants = {}
+    for name in families:
+        family = get_preset(name)
+        sizing = Sizing(family, float(gpu_memory_gb if gpu_memory_gb is not None else family.reference_gb))
+        for base in FAMILY_BASES:
+            if base not in chosen:
+                continue
+            config = _configuration(base, chosen[base].spacing, chosen[base].median_shape, num_classes,
+                                    n_voxels_dataset, sizing)
+            config.name = f"{base}{FAMILY_SEPARATOR}{name}"
+            config.batch_dice = chosen[base].batch_dice
+            variants[config.name] = config
+    return variants
+
+
 def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float | None = None,
                     configurations: tuple[str, ...] = CONFIGURATION_NAMES,
-                    fingerprint_file: str | Path = "fingerprint.json", *, preset: str = "plain") -> Plan:
+                    fingerprint_file: str | Path = "fingerprint.json", *, preset: str = "plain",
+                    families: tuple[str, ...] = ()) -> Plan:
     """Decide spacing, transpose, normalization and each requested configuration, for the network preset
-    (autoseg.planning.presets) and the memory given (default: the preset's own target)."""
+    (autoseg.planning.presets) and the memory given (default: the preset's own target); `families`: other
+    presets planned beside 2d and 3d_fullres as "<configuration>@<preset>" (find-best compares them)."""
     chosen_preset = get_preset(preset)
+    requested_gb = gpu_memory_gb
     if gpu_memory_gb is None:
         gpu_memory_gb = chosen_preset.reference_gb
     sizing = Sizing(chosen_preset, float(gpu_memory_gb))
@@ -158,6 +192,8 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float | None = None
     if "3d_cascade_fullres" in chosen and "3d_lowres" not in chosen:
         chosen["3d_lowres"] = configs["3d_lowres"]  # the cascade cannot run without its first stage
     chosen = {name: chosen[name] for name in CONFIGURATION_NAMES if name in chosen}
+    chosen.update(_family_variants(chosen, [f for f in dict.fromkeys(families) if f != chosen_preset.name],
+                                   requested_gb, num_classes, n_voxels_dataset))
     return Plan(
         version=PLAN_VERSION, dataset_name=fingerprint.dataset_name, fingerprint_file=str(fingerprint_file),
         gpu_memory_gb=float(gpu_memory_gb), orientation=fingerprint.orientation,

@@ -1,4 +1,5 @@
-"""Network presets: the plain U-Net (default) and nnU-Net v2's residual-encoder presets ResEnc M / L / XL.
+"""Network presets: the plain U-Net (default), nnU-Net v2's residual-encoder presets ResEnc M / L / XL, and
+DeepLab (a ResEnc M encoder whose deepest stages are atrous, with ASPP; autoseg.planning.atrous).
 
 A preset fixes what the memory model sizes patches and batches against and how the network is built. The
 ResEnc values are nnU-Net v2's (`nnUNetPlannerResEncM/L/XL`, its documentation `resenc_presets.md`): residual
@@ -17,7 +18,7 @@ from autoseg.errors import AutosegError
 @dataclass(frozen=True)
 class Preset:
     name: str
-    architecture: str  # the network family autoseg.model.network builds: "plain" or "resenc"
+    architecture: str  # the network family autoseg.model.network builds: "plain", "resenc" or "deeplab"
     reference_voxels: dict[int, float]  # feature-map voxels that fit reference_gb, per dimensionality
     reference_gb: float  # the memory the reference was measured for; also the default --gpu-memory
     max_dataset_fraction: float  # one batch covers at most this fraction of the dataset's voxels
@@ -38,7 +39,12 @@ PRESETS = {
     "resenc-m": Preset("resenc-m", "resenc", {3: 680e6, 2: 135e6}, 8.0, 1.0, _RESENC_BLOCKS, (1,) * 12, True),
     "resenc-l": Preset("resenc-l", "resenc", {3: 2100e6, 2: 380e6}, 24.0, 1.0, _RESENC_BLOCKS, (1,) * 12, True),
     "resenc-xl": Preset("resenc-xl", "resenc", {3: 3600e6, 2: 560e6}, 40.0, 1.0, _RESENC_BLOCKS, (1,) * 12, True),
+    # nnU-Net has no DeepLab: its encoder and memory reference are ResEnc M's, the memory model counts the atrous
+    # stages at their finer resolution and ASPP, so the patch and batch shrink to pay for them
+    "deeplab": Preset("deeplab", "deeplab", {3: 680e6, 2: 135e6}, 8.0, 1.0, _RESENC_BLOCKS, (1,) * 12, True),
 }
+# `autoseg plan --architecture NAME`: each family's preset at the default memory target
+ARCHITECTURE_PRESETS = {"plain": "plain", "resenc": "resenc-m", "deeplab": "deeplab"}
 
 
 def get_preset(name: str) -> Preset:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from autoseg.fingerprint import compute_fingerprint, load_fingerprint, save_fingerprint
 from autoseg.output_location import check_output_dir
+from autoseg.errors import AutosegError
 from autoseg.planning.plan_types import CONFIGURATION_NAMES, Plan, save_plan
 from autoseg.planning.planner import plan_experiment
 from autoseg.planning.transfer import PlanSource, transfer_plan
@@ -36,14 +37,18 @@ class PlanResult:
 def plan_dataset(dataset_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None,
                  fingerprint_path: str | os.PathLike | None = None, workers: int | None = None,
                  gpu_memory_gb: float | None = None, configurations=CONFIGURATION_NAMES,
-                 progress: bool = True, *, plan_from: PlanSource | None = None, preset: str = "plain") -> PlanResult:
+                 progress: bool = True, *, plan_from: PlanSource | None = None, preset: str = "plain",
+                 families: tuple[str, ...] = ()) -> PlanResult:
     """Fingerprint the dataset (unless a fingerprint is given) and write the plan: planned for this dataset,
     or with plan_from, keeping another model's network and preprocessing (autoseg.planning.transfer).
+    families: other presets' networks planned beside 2d and 3d_fullres (autoseg.planning.planner).
 
     Nothing is written unless the whole dataset validates; both files are written atomically.
     """
     if (dataset_dir is None) == (fingerprint_path is None):
         raise ValueError("give exactly one of dataset_dir and fingerprint_path")
+    if plan_from is not None and families:
+        raise AutosegError("--plan-from keeps the source model's one network: it cannot plan other families too")
     if fingerprint_path is not None:
         fingerprint_path = Path(fingerprint_path)
         default = fingerprint_path.parent
@@ -61,7 +66,7 @@ def plan_dataset(dataset_dir: str | os.PathLike | None = None, output_dir: str |
         plan = transfer_plan(plan_from, fingerprint, tuple(configurations), fingerprint_file=FINGERPRINT_FILE)
     else:
         plan = plan_experiment(fingerprint, gpu_memory_gb, tuple(configurations), fingerprint_file=FINGERPRINT_FILE,
-                               preset=preset)
+                               preset=preset, families=tuple(families))
     output_dir.mkdir(parents=True, exist_ok=True)
     out_fingerprint = output_dir / FINGERPRINT_FILE
     if fingerprint_path is None or out_fingerprint.resolve() != fingerprint_path.resolve():

@@ -60,3 +60,11 @@ def normalize(image: np.ndarray, rules: list[ChannelNormalization], mask: np.nda
     for c, (channel, rule) in enumerate(zip(image, rules)):
         normalize_channel(channel, rule, mask, out[c])
     return out
+
+
+def normalize_scan(image: np.ndarray, rules: list[ChannelNormalization]) -> np.ndarray:
+    """(C, ...) a whole scan on its own grid (no crop, no resampling) normalised as the plan says; the masked
+    z-score uses the voxels nonzero in any channel. What a postprocessing step that looks at intensities (the
+    CRF) sees, at prediction time and when it is decided on the cross-validation."""
+    mask = np.any(image != 0, axis=0) if any(r.use_nonzero_mask for r in rules) else None
+    return normalize(image, rules, mask)
