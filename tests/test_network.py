@@ -67,3 +67,65 @@ def test_deep_supervision_weights():
     w = deep_supervision_weights(4)  # 1, 1/2, 1/4, 0 normalized
     assert w == pytest.approx([1 / 1.75, 0.5 / 1.75, 0.25 / 1.75, 0.0])
     assert sum(w) == pytest.approx(1.0)
+
+
+def _native(block, x):
+    conv, norm, act = block
+    return act(norm(conv(x)))
+
+
+def test_norm_activation_keeping_only_its_output_has_pytorchs_gradients():
+    from autoseg.model.blocks import ConvNormAct, _NormLeakyReLU
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, 4, dtype=torch.float64, requires_grad=True)
+    weight = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: _NormLeakyReLU.apply(*a, 1e-5, 0.01), (x, weight, bias))
+    block = ConvNormAct(3, 2, 4, [3, 3, 3], [1, 1, 1])
+    with torch.no_grad():
+        block[1].weight.uniform_(-2, 2)  # negative scales invert as well
+        block[1].weight[block[1].weight.abs() < 0.1] = 0.5
+        block[1].bias.normal_()
+    x = torch.randn(2, 2, 6, 7, 5, requires_grad=True)
+    upstream = torch.randn(2, 4, 6, 7, 5)
+    fused = torch.autograd.grad((block(x) * upstream).sum(), (x, *block.parameters()))
+    native = torch.autograd.grad((_native(block, x) * upstream).sum(), (x, *block.parameters()))
+    for a, b in zip(fused, native):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_norm_activation_keeps_one_activation_map_instead_of_two():
+    from autoseg.model.blocks import ConvNormAct
+
+    def saved_bytes(forward, x) -> int:
+        saved = {}
+
+        def pack(tensor):
+            saved[id(tensor)] = tensor.numel() * tensor.element_size()
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            forward(x)
+        return sum(saved.values())
+
+    block = ConvNormAct(3, 8, 8, [3, 3, 3], [1, 1, 1])
+    x = torch.randn(2, 8, 16, 16, 16, requires_grad=True)
+    activation = x.numel() * 4
+    fused, native = saved_bytes(block, x), saved_bytes(lambda t: _native(block, t), x)
+    # both keep the convolution's input; the native modules also keep the convolution's output
+    assert native - fused >= activation and fused < 2.1 * activation
+
+
+def test_norm_activation_falls_back_where_the_output_cannot_be_inverted():
+    from autoseg.model.blocks import ConvNormAct
+
+    block = ConvNormAct(3, 2, 4, [3, 3, 3], [1, 1, 1])
+    with torch.no_grad():
+        block[1].weight[1] = 0.0  # that channel's output no longer holds its normalised values
+    x = torch.randn(1, 2, 6, 6, 6, requires_grad=True)
+    grads = torch.autograd.grad(block(x).square().sum(), (x, block[1].weight))
+    reference = torch.autograd.grad(_native(block, x).square().sum(), (x, block[1].weight))
+    for a, b in zip(grads, reference):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # prediction: PyTorch's modules, bit for bit
+        assert torch.equal(block(x), _native(block, x))

@@ -62,10 +62,10 @@ BUDGET_VALIDATION_SHARE = 0.02  # of the training time spent on the per-epoch va
 FORWARD_SHARE = 1 / 3  # a validation batch (forward only) costs about a third of a training step
 
 # A step's peak resident memory against estimate_step_memory's count, measured on this machine's CPU (fp32,
-# Hippocampus network, patches 40x56x40, 112x160x128 and 128^3, batches 2 and 7; docs/training.md): x1.43-1.47
-# plus ~0.1 GB when freed memory goes back to the kernel, x2.0-3.0 (the larger, the more) when the process
-# keeps it.
-MEMORY_FACTOR, MEMORY_FACTOR_RETAINED, MEMORY_FIXED = 1.5, 3.0, 128 * 2 ** 20
+# Hippocampus network, batch 7 at 40x56x40 and batch 2 at 128^3 with a quarter of the features; docs/training.md),
+# with the norm-activation blocks keeping only their output (autoseg.model.blocks): x1.69-1.82 when freed memory
+# goes back to the kernel, x2.5-3.5 (the larger, the more) when the process keeps it.
+MEMORY_FACTOR, MEMORY_FACTOR_RETAINED, MEMORY_FIXED = 1.85, 3.5, 128 * 2 ** 20
 MEMORY_SHARE = 0.75  # of the available memory the training process may plan for (workers need the rest)
 RETAIN_SHARE = 0.5  # keeping freed memory only while the step then still fits in this share
 
