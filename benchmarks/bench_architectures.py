@@ -72,8 +72,9 @@ def crf_dice(out: Path, configuration: str) -> dict:
                      files[c["case"]].label_file) for c in json.loads((folder / SUMMARY).read_text())["cases"]]
     chosen, report = decide_crf(cases, plan.label_scheme, plan.normalization[0], workers=2, progress=False)
 
-    def foreground(means):
-        return sum(means.values()) / len(means)
+    def foreground(means):  # a class absent from every case has a NaN mean and no say, as in find-best
+        defined = [v for v in means.values() if v == v]
+        return sum(defined) / len(defined) if defined else float("nan")
     best = max(report["tried"], key=lambda t: foreground(t["dice"]))
     return {"without": foreground(report["dice_without"]), "best": foreground(best["dice"]),
             "best_settings": best["settings"], "kept": chosen is not None}
