@@ -11,8 +11,36 @@ from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
 from autoseg.output_location import check_output_dir, writing_errors
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
 from autoseg.planning.presets import ARCHITECTURE_PRESETS, PRESETS
-from autoseg.cli_args import configuration_name, fold, label_target, positive_float, positive_int, step
+from autoseg.cli_args import (configuration_name, fold, label_target, non_negative_float, positive_float, positive_int,
+                              step)
 from autoseg.cli_train import add_train_parser
+
+
+def _instance_rule(args):
+    """--instances [--min-instance-volume MM3] as the rule autoseg.instances applies, or None."""
+    from autoseg.instances import InstanceRule
+
+    if args.min_instance_volume is not None and not args.instances:
+        raise AutosegError("--min-instance-volume applies to --instances; add --instances")
+    return InstanceRule(args.min_instance_volume or 0.0) if args.instances else None
+
+
+def _add_instance_arguments(parser, help_instances: str) -> None:
+    parser.add_argument("--instances", action="store_true", help=help_instances)
+    parser.add_argument("--min-instance-volume", type=non_negative_float, default=None, metavar="MM3",
+                        help="with --instances: components smaller than this are not instances (default 0: all)")
+
+
+def _describe_costs(plan) -> str:
+    """Each planned network's parameters and GFLOP per training step, at its batch and patch."""
+    from autoseg.model.cost import network_cost
+
+    lines = []
+    for name, config in plan.configurations.items():
+        cost = network_cost(config, len(plan.channel_names), plan.label_scheme.output_channels)
+        lines.append(f"{name:<20}{config.architecture} network: {cost.parameters / 1e6:.2f} M parameters, "
+                     f"{cost.gflop_per_step:,.0f} GFLOP per training step (batch {config.batch_size})")
+    return "\n".join(lines)
 
 
 def _cmd_plan(args) -> int:
@@ -32,6 +60,8 @@ def _cmd_plan(args) -> int:
                           tuple(args.configs), progress=not args.quiet, plan_from=plan_from, preset=preset,
                           families=tuple(args.families))
     print(describe_plan(result.plan))
+    if not args.quiet:  # a second or so per configuration: built and counted on the meta device
+        print(_describe_costs(result.plan))
     report = result.report
     print(f"dataset report: {len(report.findings)} finding(s), {len(report.flagged_cases)} case(s) flagged "
           f"(informational) -> {result.report_path}, {result.overview_path}")
@@ -71,7 +101,8 @@ def _cmd_predict(args) -> int:
                              strict=args.strict, preview=args.preview,
                              part=parse_part(args.part) if args.part else None,
                              output_type=args.output_type, input_format=args.input_format, series=args.series,
-                             channel_series=args.channel_series)
+                             channel_series=args.channel_series, prune_depth=args.prune_depth,
+                             instances=_instance_rule(args))
     result = predict(args.input, args.output, args.models, options)
     skipped = f", {len(result.skipped)} already done" if result.skipped else ""
     print(f"predicted {len(result.written)} case(s){skipped} -> {result.output_dir}")
@@ -117,14 +148,23 @@ def _cmd_evaluate(args) -> int:
     output = args.output or str(Path(args.pred_dir) / SUMMARY_FILE)
     summary = evaluate_folder(args.pred_dir, args.ref_dir, args.labels, output, args.tolerance, args.workers,
                               progress=not args.quiet, surface_convention=args.surface,
-                              ignore_label=args.ignore_label)
+                              ignore_label=args.ignore_label, instances=_instance_rule(args))
     print(f"{'label':>8}{'Dice':>8}{'IoU':>8}{'HD95 mm':>10}{'NSD':>8}   ({summary['num_cases']} cases, "
           f"NSD at {summary['tolerance_mm']:g} mm, surface {summary['surface_convention']})")
     rows = [(label, m) for label, m in summary["mean"].items()] + [("fg mean", summary["foreground_mean"])]
     for label, m in rows:
         print(f"{label:>8}" + "".join(f"{m[k]:{w}.{d}f}" for k, w, d in
                                      (("dice", 8, 4), ("iou", 8, 4), ("hd95", 10, 2), ("nsd", 8, 4))))
-    print(f"-> {output}, {Path(output).parent / 'cases.csv'}, {Path(output).parent / 'boxplots.png'}")
+    if "instances" in summary:
+        lesions = summary["instances"]
+        print(f"lesion-wise ({lesions['connectivity']} connectivity, matched at IoU >= {lesions['match_iou']:g}, "
+              f"instances of at least {lesions['min_volume_mm3']:g} mm^3):")
+        print(f"{'label':>8}{'TP':>6}{'FP':>6}{'FN':>6}{'prec':>8}{'recall':>8}{'F1':>8}{'l-Dice':>8}{'PQ':>8}")
+        for label, m in lesions["per_class"].items():
+            print(f"{label:>8}{m['tp']:6d}{m['fp']:6d}{m['fn']:6d}" + "".join(
+                f"{m[k]:8.4f}" for k in ("precision", "recall", "f1", "lesion_dice", "pq")))
+    print(f"-> {output}, {Path(output).parent / 'cases.csv'}, {Path(output).parent / 'boxplots.png'}"
+          + (f", {Path(output).parent / 'instances.csv'}" if "instances" in summary else ""))
     return 0
 
 
@@ -157,18 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--fingerprint", metavar="FILE", help="re-plan from this fingerprint.json")
     plan.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
     plan.add_argument("--gpu-memory", type=positive_float, default=None, metavar="GB",
-                      help="GPU memory budget the patch and batch size are sized for (default: the preset's, 8 for "
-                           "plain, resenc-m and deeplab, 24 for resenc-l, 40 for resenc-xl)")
+                      help="GPU memory budget the patch and batch size are sized for (default: the preset's: 24 "
+                           "for resenc-l, 40 for resenc-xl, 8 for the others)")
     plan.add_argument("--preset", choices=tuple(PRESETS), default=None,
                       help="network: plain (nnU-Net's default U-Net; default), nnU-Net's residual-encoder presets "
-                           "resenc-m / resenc-l / resenc-xl, or deeplab (docs/architectures.md)")
+                           "resenc-m / resenc-l / resenc-xl, deeplab, or a classic family: fcn, segnet, vnet, unetpp, "
+                           "pspnet, hrnet (docs/architectures.md)")
     plan.add_argument("--families", nargs="+", choices=tuple(PRESETS), default=[], metavar="PRESET",
                       help="also plan these presets' networks beside 2d and 3d_fullres, on the same preprocessed data, "
                            "as configurations <configuration>@<preset> (e.g. 3d_fullres@deeplab) to train and let "
                            "find-best compare")
     plan.add_argument("--architecture", choices=tuple(ARCHITECTURE_PRESETS), default=None,
-                      help="the network family at its default memory target: plain, resenc (= resenc-m) or deeplab "
-                           "(atrous deepest stages + ASPP)")
+                      help="the network family at its default memory target: plain, resenc (= resenc-m), deeplab "
+                           "(atrous deepest stages + ASPP), fcn, segnet, vnet, unetpp, pspnet or hrnet "
+                           "(docs/architectures.md)")
     plan.add_argument("--configs", nargs="+", choices=CONFIGURATION_NAMES, default=list(CONFIGURATION_NAMES),
                       metavar="NAME", help=f"configurations to plan (default: all that apply; {', '.join(CONFIGURATION_NAMES)})")
     plan.add_argument("--plan-from", metavar="SOURCE", default=None,
@@ -177,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "folder, a models/ folder or a package (the last three: the network as trained); labels "
                            "and new channels are planned for this dataset")
     plan.add_argument("--preprocess", action="store_true", help="preprocess all planned configurations afterwards")
-    plan.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    plan.add_argument("-q", "--quiet", action="store_true",
+                      help="no progress bar, and no table of the networks' parameters and FLOPs")
     plan.set_defaults(func=_cmd_plan)
 
     pre = sub.add_parser(
@@ -212,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folds to average (default: every fold with a final checkpoint)")
     pr.add_argument("--no-tta", action="store_true", help="no mirroring (about 8x faster in 3D)")
     pr.add_argument("--step", type=step, default=0.5, help="tile stride as a fraction of the patch (default 0.5)")
+    _add_instance_arguments(pr, "also number each lesion instance (a 26-connected component of one label): "
+                                "CASE_instances.nii.gz beside the label map, and each instance's label, volume, "
+                                "centroid (mm and voxel) and bounding box in the case report (docs/instances.md)")
+    pr.add_argument("--prune-depth", type=positive_int, default=None, metavar="D",
+                    help="UNet++ only: predict with its nested sub-network of depth D (fewer nodes, same weights; "
+                         "docs/architectures.md measures what it costs and saves)")
     pr.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                     help="default: auto = cuda, else mps, else cpu")
     pr.add_argument("--save-probabilities", action="store_true",
@@ -300,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="surface convention of HD95 and NSD: 'elements' = surface elements weighted by area "
                          "(Nikolov et al. 2021, DeepMind's surface-distance, as MSD and FLARE; default), "
                          "'voxels' = border voxels (MetricsReloaded)")
+    _add_instance_arguments(ev, "also lesion-wise metrics: instances (26-connected components per label) matched "
+                                "at IoU >= 0.5; TP/FP/FN, precision, recall, F1, lesion-wise Dice, panoptic quality "
+                                "(docs/instances.md); written to summary.json and instances.csv")
     ev.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)

@@ -33,27 +33,19 @@ from bench_train import _run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-NAMES = {"plain": "3d_fullres", "resenc-m": "3d_fullres@resenc-m", "deeplab": "3d_fullres@deeplab"}
+FAMILIES = ("plain", "resenc-m", "deeplab")  # this benchmark's default; bench_families.py runs every family
+CLASSIC = ("fcn", "segnet", "vnet", "unetpp", "pspnet", "hrnet")
+NAMES = {family: "3d_fullres" if family == "plain" else f"3d_fullres@{family}" for family in FAMILIES + CLASSIC}
 
 
 def step_cost(fold: Path, configuration: str) -> tuple[int, float]:
     """(parameters, GFLOP of one training step) of the network this fold trained, at its batch and patch."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from autoseg.model.network import build_network
+    from autoseg.model.cost import network_cost
     from autoseg.planning.plan_types import load_plan
 
     plan = load_plan(fold / "plan.json")  # the recipe's width, batch and patch
-    config = plan.configurations[configuration]
-    channels = len(plan.channel_names)
-    classes = plan.label_scheme.output_channels
-    with torch.device("meta"):
-        network = build_network(config, channels, classes, deep_supervision=True).train()
-        data = torch.empty(config.batch_size, channels, *config.patch_size)
-    with FlopCounterMode(display=False) as counter:  # the loss's own arithmetic is negligible beside the network's
-        sum(output.sum() for output in network(data)).backward()
-    return sum(p.numel() for p in network.parameters()), counter.get_total_flops() / 1e9
+    cost = network_cost(plan.configurations[configuration], len(plan.channel_names), plan.label_scheme.output_channels)
+    return cost.parameters, cost.gflop_per_step
 
 
 def crf_dice(out: Path, configuration: str) -> dict:
@@ -80,33 +72,28 @@ def crf_dice(out: Path, configuration: str) -> dict:
             "best_settings": best["settings"], "kept": chosen is not None}
 
 
-def main() -> None:
+def measure(data: Path, work: Path, families, budget: str, *, crf: bool = True) -> dict:
+    """Plan once, train each family for `budget`, validate, (CRF), find-best; prints and returns the rows."""
     from autoseg.model.device import cpu_info
     from autoseg.training.schedule import parse_duration
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", default="30m")
-    parser.add_argument("--families", nargs="+", choices=tuple(NAMES), default=list(NAMES))
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/Dataset004_Hippocampus")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/autoseg-bench-architectures"))
-    args = parser.parse_args()
-    budget_s = parse_duration(args.budget)
-    args.work.mkdir(parents=True, exist_ok=True)
+    budget_s = parse_duration(budget)
+    work.mkdir(parents=True, exist_ok=True)
     cpu = cpu_info()
     print(f"CPU: {cpu['model']}, {cpu['cpus']} logical CPUs; "
           + ", ".join(f"{f} {'yes' if v else 'no'}" for f, v in cpu["flags"].items()), flush=True)
-    out = args.work / "autoseg"
-    others = [f for f in args.families if f != "plain"]
+    out = work / "autoseg"
+    others = [f for f in families if f != "plain"]
     if not (out / "plan.json").is_file():
-        _run([sys.executable, "-m", "autoseg", "plan", args.data, "-o", out, "--configs", "3d_fullres",
-              *(["--families", *others] if others else []), "--preprocess", "-q"], args.work / "plan.log")
+        _run([sys.executable, "-m", "autoseg", "plan", data, "-o", out, "--configs", "3d_fullres",
+              *(["--families", *others] if others else []), "--preprocess", "-q"], work / "plan.log")
     rows = {}
-    for family in args.families:
+    for family in families:
         configuration = NAMES[family]
         shutil.rmtree(out / "models" / configuration, ignore_errors=True)
         m = _run([sys.executable, "-m", "autoseg", "train", out, "--fold", "0", "--config", configuration, "-q",
                   "--recipe", "budget", "--time-budget", f"{budget_s}s", "--precision", "fp32"],
-                 args.work / f"train-{family}.log")
+                 work / f"train-{family}.log")
         fold = out / "models" / configuration / "fold_0"
         metrics = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]
         warm = metrics[1:] or metrics
@@ -115,30 +102,49 @@ def main() -> None:
         rows[family] = {
             "configuration": configuration,
             "dice": json.loads((fold / "validation" / "summary.json").read_text())["foreground_mean_dice"],
-            "crf": crf_dice(out, configuration), "iterations": sum(x["iterations"] for x in metrics),
+            "crf": crf_dice(out, configuration) if crf else None, "iterations": sum(x["iterations"] for x in metrics),
             "s_per_iteration": sum(x["iterations_time_s"] for x in warm) / sum(x["iterations"] for x in warm),
             "peak_mb": m.peak_mb, "wall_s": m.wall_s, "parameters": parameters, "gflop_per_step": gflop,
             "recipe": {k: recipe[k] for k in ("width", "batch_size", "reason")}}
         r = rows[family]
-        print(f"{family:9} Dice {r['dice']:.4f}  +CRF {r['crf']['best']:.4f} (kept: {r['crf']['kept']})  "
+        with_crf = f"+CRF {r['crf']['best']:.4f} (kept: {r['crf']['kept']})  " if crf else ""
+        print(f"{family:9} Dice {r['dice']:.4f}  {with_crf}"
               f"{r['iterations']} it  {r['s_per_iteration']:.2f} s/it  peak {r['peak_mb']:.0f} MB  "
               f"{parameters / 1e6:.1f} M params  {gflop:.0f} GFLOP/step  width {recipe['width']} batch "
               f"{recipe['batch_size']}", flush=True)
-        (args.work / "architectures.json").write_text(json.dumps({"cpu": cpu, "budget": args.budget, "rows": rows},
-                                                                 indent=1))
-    _run([sys.executable, "-m", "autoseg", "find-best", out, "--workers", "2", "-q"], args.work / "find-best.log")
+        (work / "results.json").write_text(json.dumps({"cpu": cpu, "budget": budget, "rows": rows}, indent=1))
+    _run([sys.executable, "-m", "autoseg", "find-best", out, "--workers", "2", "-q", *([] if crf else ["--no-crf"])],
+         work / "find-best.log")
     choice = json.loads((out / "models" / "inference.json").read_text())
-    print(f"\nHippocampus fold 0, budget {args.budget} each, budget recipe, fp32")
-    print(f"{'family':10}{'Dice':>8}{'+CRF':>8}{'it':>7}{'s/it':>7}{'peak MB':>9}{'M params':>10}{'GFLOP/step':>12}")
+    print(f"\nHippocampus fold 0, budget {budget} each, budget recipe, fp32")
+    print(f"{'family':10}{'Dice':>8}{'+CRF' if crf else '':>8}{'it':>7}{'s/it':>7}{'peak MB':>9}{'M params':>10}"
+          f"{'GFLOP/step':>12}")
     for family, r in rows.items():
-        print(f"{family:10}{r['dice']:8.4f}{r['crf']['best']:8.4f}{r['iterations']:7d}{r['s_per_iteration']:7.2f}"
+        print(f"{family:10}{r['dice']:8.4f}" + (f"{r['crf']['best']:8.4f}" if crf else " " * 8)
+              + f"{r['iterations']:7d}{r['s_per_iteration']:7.2f}"
               f"{r['peak_mb']:9.0f}{r['parameters'] / 1e6:10.1f}{r['gflop_per_step']:12.0f}")
     print("\nfind-best (fold 0):")
     for c in choice["candidates"]:
         print(f"  {' + '.join(c['configurations']):45} {c['foreground_mean_dice']:.4f}")
     print(f"  chosen: {' + '.join(choice['configurations'])}; CRF: {choice['postprocessing']['crf']}")
-    (args.work / "architectures.json").write_text(json.dumps({"cpu": cpu, "budget": args.budget, "rows": rows,
-                                                             "find_best": choice}, indent=1))
+    result = {"cpu": cpu, "budget": budget, "rows": rows, "find_best": choice}
+    (work / "results.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def arguments(doc: str, budget: str, families, work: str) -> argparse.Namespace:
+    """The command line this benchmark and bench_families.py share, with their own defaults."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", default=budget)
+    parser.add_argument("--families", nargs="+", choices=families, default=list(families))
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/Dataset004_Hippocampus")
+    parser.add_argument("--work", type=Path, default=Path(work))
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__, "30m", FAMILIES, "/tmp/autoseg-bench-architectures")
+    measure(args.data, args.work, args.families, args.budget)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import re
 
 from conftest import REPO
 
-LAYER = {"errors": 0, "jsonio": 0, "allocator": 0, "resident_memory": 0, "parallel": 0, "overlap": 0, "label_scheme": 0, "crf": 0, "output_location": 0, "dataset": 1, "dicom": 1, "fingerprint": 2, "quality": 2, "planning": 2,
+LAYER = {"errors": 0, "jsonio": 0, "allocator": 0, "resident_memory": 0, "parallel": 0, "overlap": 0, "label_scheme": 0, "crf": 0, "instances": 0, "output_location": 0, "dataset": 1, "dicom": 1, "fingerprint": 2, "quality": 2, "planning": 2,
          "postprocessing": 2, "preprocessing": 3, "model": 4, "training": 5, "inference": 5, "evaluation": 6,
          "schemas": 7, "serve": 7, "cli": 8, "cli_args": 8, "cli_train": 8, "__main__": 8, "__init__": 8, "demo": 0}
 SIBLINGS = {("training", "inference"), ("inference", "training")}

@@ -4,8 +4,7 @@ import torch
 
 from autoseg.fingerprint import load_fingerprint
 from autoseg.planning import plan_experiment
-from autoseg.model.network import build_network
-from autoseg.training.loss import deep_supervision_weights
+from autoseg.model.network import build_network, deep_supervision_weights
 from conftest import REPO
 
 REFERENCE = REPO / "plans" / "reference"

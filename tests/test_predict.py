@@ -353,3 +353,28 @@ def test_saved_crf_refines_the_restored_probabilities(trained, tmp_path):
     run_autoseg("predict", "-i", images / "case_001_0000.nii.gz", "-o", out, "-m", models, "--no-tta", "-q")
     written = np.asarray(nib.load(str(out / "case_001.nii.gz")).dataobj).transpose(2, 1, 0)
     assert np.array_equal(written, expected)
+
+
+def test_instances_map_and_report_in_the_scans_geometry(trained, tmp_path):
+    images = Path(json.loads((trained / "fingerprint.json").read_text())["dataset_dir"]) / "imagesTr"
+    source = images / "case_002_0000.nii.gz"
+    out = tmp_path / "out"
+    run_autoseg("predict", "-i", source, "-o", out, "-m", trained / "models", "--instances", "-q")
+    label = nib.load(str(out / "case_002.nii.gz"))
+    numbered = nib.load(str(out / "case_002_instances.nii.gz"))
+    assert np.array_equal(numbered.affine, label.affine)
+    labels, ids = np.asarray(label.dataobj), np.asarray(numbered.dataobj)
+    report = json.loads((out / "case_002_report.json").read_text())
+    assert report["instance_map"] == str(out / "case_002_instances.nii.gz")
+    instances = report["instances"]
+    assert instances and sorted(np.unique(ids[ids > 0]).tolist()) == [i["id"] for i in instances]
+    assert ((ids > 0) == (labels > 0)).all()  # every labelled voxel is in one instance (no minimum size)
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    for instance in instances:
+        inside = ids == instance["id"]
+        assert inside.sum() == instance["voxels"] and set(np.unique(labels[inside])) == {instance["value"]}
+        ijk = np.argwhere(inside)  # nibabel's array is in file index order (i, j, k)
+        assert instance["centroid_voxel"] == pytest.approx(ijk.mean(0).tolist())
+        assert instance["box_start"] == ijk.min(0).tolist() and instance["box_stop"] == (ijk.max(0) + 1).tolist()
+        world = ras_to_lps @ (label.affine @ np.append(ijk.mean(0), 1.0))[:3]
+        assert instance["centroid_mm"] == pytest.approx(world.tolist(), abs=1e-4)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from autoseg.fingerprint import load_fingerprint
-from autoseg.model.network import ResidualBlock, build_network
+from autoseg.model.blocks import ResidualBlock
+from autoseg.model.network import build_network
 from autoseg.planning import plan_experiment
 from autoseg.planning.memory import residual_feature_map_voxels
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from autoseg.dataset.image_io import file_ending, read_image
 from autoseg.errors import AutosegError, CasesFailed
+from autoseg.instances import MATCH_IOU, InstanceCounts, InstanceRule, match_instances
 from autoseg.evaluation.metrics import DEFAULT_SURFACE, METRIC_NAMES, SURFACE_CONVENTIONS, case_metrics, class_metrics
 from autoseg.jsonio import TEMP_PREFIX, json_safe, write_json_atomic, write_text_atomic
 from autoseg.label_scheme import Target, as_targets
@@ -25,6 +26,8 @@ from autoseg.parallel import default_workers, map_cases
 SUMMARY_VERSION = 2  # 2: surface_convention; NSD/HD95 default to surface elements
 SUMMARY_FILE, CASES_FILE, PLOT_FILE = "summary.json", "cases.csv", "boxplots.png"
 MEAN_METRICS = ("dice", "iou", "hd95", "nsd")
+INSTANCE_MEANS = ("precision", "recall", "f1", "lesion_dice", "sq", "pq")
+INSTANCES_FILE = "instances.csv"
 
 
 def paired_cases(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
@@ -45,7 +48,7 @@ def paired_cases(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
 
 
 def _evaluate_case(task):
-    case_id, pred_path, ref_path, labels, tolerance, surface_convention, ignore_label = task
+    case_id, pred_path, ref_path, labels, tolerance, surface_convention, ignore_label, instances = task
     try:
         prediction, pred_geometry = read_image(pred_path)
         reference, ref_geometry = read_image(ref_path)
@@ -68,7 +71,22 @@ def _evaluate_case(task):
     spacing = ref_geometry.spacing[-reference.ndim:]
     metrics = case_metrics(prediction, reference, spacing, labels, tolerance, ignore_label=ignore_label,
                            surface_convention=surface_convention)
-    return case_id, {key: m.as_dict() for key, m in metrics.items()}, None
+    result = {key: m.as_dict() for key, m in metrics.items()}
+    if instances is not None:
+        counts = _instance_counts(prediction, reference, spacing, labels, instances, ignore_label)
+        return case_id, (result, counts), None
+    return case_id, (result, None), None
+
+
+def _instance_counts(prediction, reference, spacing, labels, rule: InstanceRule, ignore_label) -> dict:
+    """Each class's (or region's) lesion instances matched (autoseg.instances); where the reference is
+    unannotated the prediction counts nowhere."""
+    annotated = reference != ignore_label if ignore_label is not None else np.ones(reference.shape, bool)
+    counts = {}
+    for target in as_targets(labels):
+        predicted = np.isin(prediction, target.values) & annotated
+        counts[target.key] = match_instances(predicted, np.isin(reference, target.values), spacing, rule)
+    return counts
 
 
 def _nanmean(values) -> float:
@@ -91,11 +109,13 @@ def summarize(cases: list[dict], labels: list[Target], tolerance_mm: float, *,
 
 def evaluate_pairs(pairs: list[tuple[str, Path, Path]], labels=None, tolerance_mm: float = 1.0,
                    workers: int | None = None, progress: bool = True, *,
-                   surface_convention: str = DEFAULT_SURFACE, ignore_label: int | None = None) -> dict:
+                   surface_convention: str = DEFAULT_SURFACE, ignore_label: int | None = None,
+                   instances: InstanceRule | None = None) -> dict:
     """The summary of (case id, prediction, reference) pairs; raises CasesFailed listing every bad case.
 
     labels: label values and/or regions (autoseg.label_scheme.Target); None: every foreground value found.
-    ignore_label: reference voxels holding it count nowhere (sparse annotations)."""
+    ignore_label: reference voxels holding it count nowhere (sparse annotations).
+    instances: also lesion-wise metrics, instances being components under this rule (autoseg.instances)."""
     if tolerance_mm <= 0:
         raise AutosegError(f"--tolerance must be positive, got {tolerance_mm}")
     if surface_convention not in SURFACE_CONVENTIONS:
@@ -103,7 +123,7 @@ def evaluate_pairs(pairs: list[tuple[str, Path, Path]], labels=None, tolerance_m
     labels = sorted(as_targets(labels), key=lambda t: t.values) if labels is not None else None
     if labels is not None and ignore_label is not None and any(ignore_label in t.values for t in labels):
         raise AutosegError(f"--ignore-label {ignore_label} is also one of the labels evaluated")
-    tasks = [(case_id, pred, ref, labels, tolerance_mm, surface_convention, ignore_label)
+    tasks = [(case_id, pred, ref, labels, tolerance_mm, surface_convention, ignore_label, instances)
              for case_id, pred, ref in pairs]
     workers = default_workers() if workers is None else workers
     results, problems = [], []
@@ -114,24 +134,40 @@ def evaluate_pairs(pairs: list[tuple[str, Path, Path]], labels=None, tolerance_m
             results.append((case_id, metrics))
     if problems:
         raise CasesFailed(f"{Path(pairs[0][1]).parent}", problems)
-    found = labels if labels is not None else as_targets(sorted({int(v) for _, m in results for v in m}))
+    found = labels if labels is not None else as_targets(sorted({int(v) for _, (m, _) in results for v in m}))
     empty = class_metrics(np.zeros(1, bool), np.zeros(1, bool), (1.0,)).as_dict()  # absent from both
-    cases = []
-    for (case_id, metrics), (_, pred, ref) in zip(results, pairs):
+    cases, totals = [], {t.key: InstanceCounts(0, 0, 0, [], []) for t in found}
+    for (case_id, (metrics, counts)), (_, pred, ref) in zip(results, pairs):
         cases.append({"case": case_id, "prediction": str(pred), "reference": str(ref),
                       "metrics": {t.key: metrics.get(t.key, empty) for t in found}})
-    return summarize(cases, found, tolerance_mm, surface_convention=surface_convention, ignore_label=ignore_label)
+        if counts is not None:
+            none = InstanceCounts(0, 0, 0, [], [])
+            cases[-1]["instances"] = {t.key: counts.get(t.key, none).metrics() for t in found}
+            totals = {key: total.add(counts.get(key, none)) for key, total in totals.items()}
+    summary = summarize(cases, found, tolerance_mm, surface_convention=surface_convention, ignore_label=ignore_label)
+    if instances is not None:
+        summary["instances"] = instance_summary(totals, instances)
+    return summary
+
+
+def instance_summary(totals: dict[str, InstanceCounts], rule: InstanceRule) -> dict:
+    """Lesion-wise metrics per class from the counts summed over every case, and their mean over classes."""
+    per_class = {key: counts.metrics() for key, counts in totals.items()}
+    return {"connectivity": "full", "match_iou": MATCH_IOU, "min_volume_mm3": rule.min_volume_mm3,
+            "per_class": per_class,
+            "foreground_mean": {m: _nanmean([per_class[k][m] for k in per_class]) for m in INSTANCE_MEANS}}
 
 
 def evaluate_folder(pred_dir, ref_dir, labels=None, output=None, tolerance_mm: float = 1.0,
                     workers: int | None = None, progress: bool = True, *,
-                    surface_convention: str = DEFAULT_SURFACE, ignore_label: int | None = None) -> dict:
+                    surface_convention: str = DEFAULT_SURFACE, ignore_label: int | None = None,
+                    instances: InstanceRule | None = None) -> dict:
     """Evaluate PRED_DIR against REF_DIR; writes summary.json (default PRED_DIR/summary.json), cases.csv and
     boxplots.png beside it, and returns the summary."""
     output = Path(output) if output is not None else Path(pred_dir) / SUMMARY_FILE
     check_output_file(output, what="evaluation summary")
     summary = evaluate_pairs(paired_cases(Path(pred_dir), Path(ref_dir)), labels, tolerance_mm, workers, progress,
-                             surface_convention=surface_convention, ignore_label=ignore_label)
+                             surface_convention=surface_convention, ignore_label=ignore_label, instances=instances)
     write_report(summary, output)
     return summary
 
@@ -148,6 +184,15 @@ def write_report(summary: dict, output: Path) -> None:
         for label, metrics in case["metrics"].items():
             writer.writerow([case["case"], label, *[_csv_value(metrics[m]) for m in METRIC_NAMES]])
     write_text_atomic(output.parent / CASES_FILE, buffer.getvalue())
+    if "instances" in summary:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        columns = ["tp", "fp", "fn", *INSTANCE_MEANS]
+        writer.writerow(["case", "label", *columns])
+        for case in summary["cases"]:
+            for label, metrics in case["instances"].items():
+                writer.writerow([case["case"], label, *[_csv_value(metrics[m]) for m in columns]])
+        write_text_atomic(output.parent / INSTANCES_FILE, buffer.getvalue())
     plot_boxplots(summary, output.parent / PLOT_FILE)
 
 

@@ -31,8 +31,10 @@ from autoseg.inference.report import (CaseReport, load_case_report, write_case_r
 from autoseg.jsonio import TEMP_PREFIX, write_json_atomic
 from autoseg.output_location import (check_free_space, check_output_dir, describe_os_error, is_location_error,
                                      stops_the_run)
-from autoseg.model.outputs import ENTROPY_SUFFIX, PROBABILITIES_SUFFIX
+from autoseg.instances import InstanceRule
+from autoseg.model.outputs import ENTROPY_SUFFIX, INSTANCES_SUFFIX, PROBABILITIES_SUFFIX
 from autoseg.model.prediction import STEP, OutputFiles, write_outputs
+from autoseg.preprocessing.case import write_like_source
 
 SUMMARY_FILE = "prediction_summary.json"
 CSV_FILE = "predictions.csv"
@@ -70,6 +72,9 @@ class PredictOptions:
     input_format: str = "auto"  # INPUT_FORMATS
     series: list[str] | None = None  # DICOM: only these SeriesInstanceUIDs
     channel_series: Path | None = None  # DICOM, multi-channel models: {case id: [series UID per channel]}
+    prune_depth: int | None = None  # UNet++ only: predict with its sub-network of this depth
+    instances: InstanceRule | None = None  # also each case's lesion instances: a map beside the label map, a list
+    # in the report (autoseg.instances)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Outputs:
     label_map: bool
     dicom_seg: bool
     probabilities: bool
+    instances: bool = False  # an instance map beside each label map
 
 
 def output_paths(case, output_dir: Path, outputs: Outputs) -> list[Path]:
@@ -87,6 +93,8 @@ def output_paths(case, output_dir: Path, outputs: Outputs) -> list[Path]:
     paths = [output_dir / f"{case.case_id}{case.ending}"] if outputs.label_map else []
     if outputs.dicom_seg:
         paths.append(output_dir / f"{case.case_id}{SEG_SUFFIX}")
+    if outputs.instances:
+        paths.append(output_dir / f"{case.case_id}{INSTANCES_SUFFIX}{case.ending}")
     if outputs.probabilities:
         paths += [output_dir / f"{case.case_id}{PROBABILITIES_SUFFIX}",
                   output_dir / f"{case.case_id}{ENTROPY_SUFFIX}{case.ending}"]
@@ -136,8 +144,9 @@ def resolve_outputs(options: PredictOptions, dicom: bool) -> Outputs:
     if kind != "nifti":
         from autoseg.dicom import require_dicom_libraries
         require_dicom_libraries()
-    return Outputs(label_map=kind in ("nifti", "both"), dicom_seg=kind in ("dicom-seg", "both"),
-                   probabilities=options.save_probabilities)
+    label_map = kind in ("nifti", "both")
+    return Outputs(label_map=label_map, dicom_seg=kind in ("dicom-seg", "both"),
+                   probabilities=options.save_probabilities, instances=label_map and options.instances is not None)
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -180,7 +189,7 @@ def predict(input_path, output_dir, model, options: PredictOptions | None = None
     if predictor is None:
         predictor = Predictor.load(model, device=device, configuration=options.configuration, folds=options.folds,
                                    mirror=options.mirror, step=options.step, precision=options.precision,
-                                   strict=options.strict)
+                                   strict=options.strict, prune_depth=options.prune_depth)
     output_dir = Path(output_dir)
     if Path(input_path).is_dir() and output_dir.exists() and output_dir.resolve() == Path(input_path).resolve():
         raise AutosegError(f"{output_dir}: is the input folder; the label maps written there would be read as "
@@ -365,8 +374,15 @@ def _export(predictor: Predictor, case, prepared: PreparedCase, logits, output_d
     if seg_path is not None:
         report.dicom_seg = str(seg_path)
         report.source_series = [s.series_uid for s in case.series]
+    numbered = None
+    if options.instances is not None:
+        numbered, report.instances = predictor.instances(prepared, segmentation, options.instances)
+        if outputs.instances:
+            report.instance_map = str(output_dir / f"{case.case_id}{INSTANCES_SUFFIX}{case.ending}")
 
     def report_and_seg():
+        if report.instance_map:
+            write_like_source(numbered, restored.props, Path(report.instance_map))
         write_case_report(report, output_dir / f"{case.case_id}{REPORT_SUFFIX}")
         if seg_path is not None:
             write_case_seg(predictor, case, segmentation, seg_path)

@@ -29,14 +29,16 @@ from autoseg.dataset.orientation import reorient, reorientation
 from autoseg.dataset.validation import CaseData
 from autoseg.errors import AutosegError
 from autoseg.inference.inputs import InputCase, read_any_case, read_input_case
-from autoseg.inference.report import CaseReport, InputFile, ModelInfo, label_statistics, sha256_file
+from autoseg.inference.report import (CaseReport, InputFile, ModelInfo, instance_records, label_statistics,
+                                      sha256_file)
+from autoseg.instances import InstanceRule, instance_map
 from autoseg.model.device import resolve_device
 from autoseg.model.input_checks import check_scan
 from autoseg.model.package import load_package
 from autoseg.model.precision import autocast_dtype
 from autoseg.model.prediction import (STEP, InferenceSettings, OutputFiles, PreparedInput, Restored,
                                       case_logits, restore, restore_and_write)
-from autoseg.model.trained import ModelSet, load_models
+from autoseg.model.trained import ModelSet, load_models, prune
 from autoseg.postprocessing import ScanIntensities
 from autoseg.preprocessing.case import preprocess_case
 from autoseg.preprocessing.normalize import normalize_scan
@@ -100,14 +102,18 @@ class Predictor:
 
     @classmethod
     def load(cls, model, *, device: str = "auto", configuration: str | None = None, folds=None,
-             mirror: bool = True, step: float = STEP, precision: str = "auto", strict: bool = False) -> "Predictor":
-        """model: a package file or a training folder's models/ folder. strict: input-check warnings fail the case."""
+             mirror: bool = True, step: float = STEP, precision: str = "auto", strict: bool = False,
+             prune_depth: int | None = None) -> "Predictor":
+        """model: a package file or a training folder's models/ folder. strict: input-check warnings fail the case.
+        prune_depth: predict with a UNet++'s shallower sub-network (autoseg.model.trained.prune)."""
         if not 0 < step <= 1:
             raise AutosegError(f"--step must be in (0, 1], got {step}")
         dev = resolve_device(device)
         if dev.type == "cpu":
             retain_freed_memory()
         models = load_model_set(model, configuration=configuration, folds=folds, device=dev)
+        if prune_depth is not None:
+            prune(models.models, prune_depth)
         settings = InferenceSettings(dev, autocast_dtype(precision, dev), mirror, step)
         return cls(models, settings, precision=precision, strict=strict)
 
@@ -218,6 +224,13 @@ class Predictor:
         return CaseReport(case_id=case_id, inputs=inputs, model=model_info,
                           shape=list(segmentation.shape), spacing=spacing, labels=labels, timings_s=timings,
                           warnings=list(prepared.warnings), output=output)
+
+    def instances(self, prepared: PreparedCase, segmentation: np.ndarray, rule: InstanceRule):
+        """(the instance map, the report's list of instances) of a restored label map (autoseg.instances)."""
+        plan = self.models.plan
+        values = [v for v in plan.labels.values() if int(v) != 0 and int(v) != plan.ignore_label]
+        numbered, found = instance_map(segmentation, prepared.data.geometry.spacing, values, rule)
+        return numbered, instance_records(found, prepared.data.geometry, plan.labels)
 
     # ------------------------------------------------------------------------------------ public
 

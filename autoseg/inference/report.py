@@ -53,6 +53,21 @@ class LabelStats:
 
 
 @dataclass
+class InstanceRecord:
+    """One lesion instance (a connected component of one label; autoseg.instances) of the prediction."""
+
+    id: int  # its value in the instance map
+    label: str
+    value: int
+    voxels: int
+    volume_mm3: float
+    centroid_mm: list[float]  # physical (x, y, z) in the image header's convention (ITK: LPS), as its origin
+    centroid_voxel: list[float]  # file index order (i, j, k)
+    box_start: list[int]  # file index order (i, j, k), inclusive
+    box_stop: list[int]  # exclusive
+
+
+@dataclass
 class InputFile:
     """One input image and the SHA-256 of its bytes."""
 
@@ -90,6 +105,8 @@ class CaseReport:
     output: str = ""  # the label map written, "" when none was
     dicom_seg: str = ""  # the DICOM SEG written, "" when none was
     source_series: list[str] = field(default_factory=list)  # SeriesInstanceUIDs read (DICOM input), per channel
+    instances: list[InstanceRecord] = field(default_factory=list)  # autoseg predict --instances
+    instance_map: str = ""  # the instance map written, "" when none was
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -156,6 +173,24 @@ def label_statistics(segmentation: np.ndarray, image: np.ndarray, spacing, label
                               volume_ml=volume_mm3 / 1000.0, components=components,
                               channels=[_channel_stats(n, v) for n, v in zip(channel_names, per_channel)]))
     return out
+
+
+def instance_records(instances, geometry, labels: dict[str, int]) -> list[InstanceRecord]:
+    """The report's view of autoseg.instances.Instance list: file index order and physical coordinates (the
+    geometry's origin plus its direction applied to index x spacing)."""
+    names = {int(v): name for name, v in labels.items()}
+    ndim = len(geometry.spacing)
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(ndim, ndim)
+    spacing_ijk = np.asarray(geometry.spacing[::-1], dtype=np.float64)
+    records = []
+    for instance in instances:
+        centroid_ijk = np.asarray(instance.centroid[::-1], dtype=np.float64)
+        physical = np.asarray(geometry.origin, dtype=np.float64) + direction @ (centroid_ijk * spacing_ijk)
+        records.append(InstanceRecord(instance.id, names.get(instance.label, str(instance.label)), instance.label,
+                                      instance.voxels, instance.volume_mm3, [float(v) for v in physical],
+                                      [float(v) for v in centroid_ijk], instance.box_start[::-1],
+                                      instance.box_stop[::-1]))
+    return records
 
 
 def write_case_report(report: CaseReport, path: str | os.PathLike) -> None:

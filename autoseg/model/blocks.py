@@ -85,3 +85,60 @@ def _keeps_output_only(x: torch.Tensor, scale: torch.Tensor) -> bool:
     if x.device.type == "meta":
         return True
     return x.device.type == "cpu" and bool(scale.detach().abs().min() >= MIN_INVERTIBLE_SCALE)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, kernel, stride, dilation=None):
+        super().__init__()
+        conv, _, norm = OPS[ndim]
+        dilation = dilation or [1] * ndim
+        self.conv1 = ConvNormAct(ndim, in_channels, out_channels, kernel, stride, dilation)
+        self.conv2 = nn.Sequential(
+            conv(out_channels, out_channels, kernel, padding=padding_for(kernel, dilation), dilation=dilation,
+                 bias=True),
+            norm(out_channels, eps=1e-5, affine=True))
+        shortcut = []
+        if any(s != 1 for s in stride):
+            shortcut.append((nn.AvgPool2d if ndim == 2 else nn.AvgPool3d)(stride, stride))
+        if in_channels != out_channels:
+            shortcut += [conv(in_channels, out_channels, 1, bias=False), norm(out_channels, eps=1e-5, affine=True)]
+        self.shortcut = nn.Sequential(*shortcut)  # empty: identity
+        self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+def residual_stage(ndim, in_channels, out_channels, kernel, stride, n_blocks, dilation=None) -> nn.Sequential:
+    blocks = [ResidualBlock(ndim, in_channels, out_channels, kernel, stride, dilation)]
+    blocks += [ResidualBlock(ndim, out_channels, out_channels, kernel, [1] * ndim, dilation)
+               for _ in range(n_blocks - 1)]
+    return nn.Sequential(*blocks)
+
+
+def conv_stage(ndim, in_channels, out_channels, kernel, stride, n_convs, dilation=None) -> nn.Sequential:
+    layers = [ConvNormAct(ndim, in_channels, out_channels, kernel, stride, dilation)]
+    layers += [ConvNormAct(ndim, out_channels, out_channels, kernel, [1] * ndim, dilation)
+               for _ in range(n_convs - 1)]
+    return nn.Sequential(*layers)
+
+
+def upsample_to(x: torch.Tensor, size) -> torch.Tensor:
+    """Linear interpolation (bilinear or trilinear) to a size: the fixed upsampling of FCN, PSPNet and HRNet."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear" if x.dim() == 4 else "trilinear", align_corners=False)
+
+
+def _he_init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def initialize(network: nn.Module) -> None:
+    """He initialisation for the leaky ReLUs; every residual block starts as its shortcut."""
+    network.apply(_he_init)
+    for module in network.modules():
+        if isinstance(module, ResidualBlock):
+            nn.init.zeros_(module.conv2[1].weight)
+            nn.init.zeros_(module.conv2[1].bias)

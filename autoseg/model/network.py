@@ -16,6 +16,9 @@ The encoder is one of three families (the configuration's `architecture`):
   autoseg.planning.atrous). A level where the encoder did not stride comes up by a 1x1 transposed
   convolution: the U-Net decoder is DeepLab v3+'s refinement, with every skip.
 The decoder is the same plain decoder for all three.
+
+FAMILIES is the registry of every network a plan can name: these three and the classic families of
+autoseg.model.families (FCN, SegNet, V-Net, UNet++, PSPNet, HRNet), each with the loss weights of its outputs.
 """
 from __future__ import annotations
 
@@ -23,47 +26,17 @@ import torch
 from torch import nn
 
 from autoseg.model.aspp import ASPP
-from autoseg.model.blocks import LEAKY_SLOPE, OPS, ConvNormAct, padding_for
+from autoseg.model.blocks import OPS, ConvNormAct, conv_stage, initialize, residual_stage
+from autoseg.model.families.fcn import FCN
+from autoseg.model.families.hrnet import HRNet
+from autoseg.model.families.pspnet import AUXILIARY_WEIGHT, PSPNet
+from autoseg.model.families.segnet import SegNet
+from autoseg.model.families.unetpp import UNetPlusPlus
+from autoseg.model.families.vnet import VNet
 from autoseg.planning.plan_types import Configuration
 
 
-class ResidualBlock(nn.Module):
-    def __init__(self, ndim: int, in_channels: int, out_channels: int, kernel, stride, dilation=None):
-        super().__init__()
-        conv, _, norm = OPS[ndim]
-        dilation = dilation or [1] * ndim
-        self.conv1 = ConvNormAct(ndim, in_channels, out_channels, kernel, stride, dilation)
-        self.conv2 = nn.Sequential(
-            conv(out_channels, out_channels, kernel, padding=padding_for(kernel, dilation), dilation=dilation,
-                 bias=True),
-            norm(out_channels, eps=1e-5, affine=True))
-        shortcut = []
-        if any(s != 1 for s in stride):
-            shortcut.append((nn.AvgPool2d if ndim == 2 else nn.AvgPool3d)(stride, stride))
-        if in_channels != out_channels:
-            shortcut += [conv(in_channels, out_channels, 1, bias=False), norm(out_channels, eps=1e-5, affine=True)]
-        self.shortcut = nn.Sequential(*shortcut)  # empty: identity
-        self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
-
-
-def _residual_stage(ndim, in_channels, out_channels, kernel, stride, n_blocks, dilation=None) -> nn.Sequential:
-    blocks = [ResidualBlock(ndim, in_channels, out_channels, kernel, stride, dilation)]
-    blocks += [ResidualBlock(ndim, out_channels, out_channels, kernel, [1] * ndim, dilation)
-               for _ in range(n_blocks - 1)]
-    return nn.Sequential(*blocks)
-
-
-def _stage(ndim, in_channels, out_channels, kernel, stride, n_convs, dilation=None) -> nn.Sequential:
-    layers = [ConvNormAct(ndim, in_channels, out_channels, kernel, stride, dilation)]
-    layers += [ConvNormAct(ndim, out_channels, out_channels, kernel, [1] * ndim, dilation)
-               for _ in range(n_convs - 1)]
-    return nn.Sequential(*layers)
-
-
-ARCHITECTURES = ("plain", "resenc", "deeplab")
+ARCHITECTURES = ("plain", "resenc", "deeplab")  # the U-Net family; the others: autoseg.model.families
 
 
 class UNet(nn.Module):
@@ -85,10 +58,10 @@ class UNet(nn.Module):
         self.deep_supervision = deep_supervision
         self.stem = None
         channels = in_channels
-        make_stage = _stage
+        make_stage = conv_stage
         if config.architecture in ("resenc", "deeplab"):
             self.stem = ConvNormAct(ndim, in_channels, features[0], kernels[0], [1] * ndim)
-            channels, make_stage = features[0], _residual_stage
+            channels, make_stage = features[0], residual_stage
         self.encoder = nn.ModuleList()
         for f, s, k, n, d in zip(features, strides, kernels, convs_encoder, dilations):
             self.encoder.append(make_stage(ndim, channels, f, k, s, n, d))
@@ -101,14 +74,10 @@ class UNet(nn.Module):
         for level in range(len(features) - 2, -1, -1):  # deepest decoder level first
             stride = strides[level + 1]
             self.up.append(transposed(features[level + 1], features[level], stride, stride=stride, bias=True))
-            self.decoder.append(_stage(ndim, 2 * features[level], features[level], kernels[level], [1] * ndim,
+            self.decoder.append(conv_stage(ndim, 2 * features[level], features[level], kernels[level], [1] * ndim,
                                        convs_decoder[level]))
             self.heads.append(conv(features[level], num_classes, 1, bias=True))
-        self.apply(_he_init)
-        for module in self.modules():
-            if isinstance(module, ResidualBlock):  # each block starts as its shortcut
-                nn.init.zeros_(module.conv2[1].weight)
-                nn.init.zeros_(module.conv2[1].bias)
+        initialize(self)
 
     def forward(self, x: torch.Tensor):
         """Logits at full resolution; with deep supervision (in training), a list from full resolution down."""
@@ -131,12 +100,51 @@ class UNet(nn.Module):
         return self.heads[-1](x)
 
 
-def _he_init(module: nn.Module) -> None:
-    if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+def _halving(config: Configuration) -> list[float]:  # nnU-Net's deep supervision over the decoder's outputs
+    return deep_supervision_weights(config.num_stages - 1)
 
 
-def build_network(config: Configuration, in_channels: int, num_classes: int, deep_supervision: bool = True) -> UNet:
-    return UNet(config, in_channels, num_classes, deep_supervision=deep_supervision)
+def _single(config: Configuration) -> list[float]:
+    return [1.0]
+
+
+def _equal(config: Configuration) -> list[float]:  # UNet++: every nested output alike
+    return [1.0 / (config.num_stages - 1)] * (config.num_stages - 1)
+
+
+def _auxiliary(config: Configuration) -> list[float]:  # PSPNet: the main loss and 0.4 x the auxiliary one
+    if config.num_stages == 1:
+        return [1.0]
+    return [1 / (1 + AUXILIARY_WEIGHT), AUXILIARY_WEIGHT / (1 + AUXILIARY_WEIGHT)]
+
+
+# architecture -> (network class, loss weight of each training output)
+FAMILIES = {"plain": (UNet, _halving), "resenc": (UNet, _halving), "deeplab": (UNet, _halving),
+            "fcn": (FCN, _single), "segnet": (SegNet, _single), "vnet": (VNet, _single),
+            "unetpp": (UNetPlusPlus, _equal), "pspnet": (PSPNet, _auxiliary), "hrnet": (HRNet, _single)}
+
+
+def deep_supervision_weights(n_outputs: int) -> list[float]:
+    """Loss weight per output, full resolution first: halving per level, the lowest off, summing to 1."""
+    weights = [0.5 ** i for i in range(n_outputs)]
+    if n_outputs > 1:
+        weights[-1] = 0.0
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def supervision_weights(config: Configuration) -> list[float]:
+    """The loss weight of each output the configuration's network returns in training, full resolution first."""
+    return _family(config)[1](config)
+
+
+def _family(config: Configuration):
+    try:
+        return FAMILIES[config.architecture]
+    except KeyError:
+        raise ValueError(f"unknown architecture {config.architecture!r}") from None
+
+
+def build_network(config: Configuration, in_channels: int, num_classes: int, deep_supervision: bool = True) -> nn.Module:
+    """The configuration's network, whichever family it is (the registry: FAMILIES)."""
+    return _family(config)[0](config, in_channels, num_classes, deep_supervision=deep_supervision)

@@ -11,6 +11,7 @@ from autoseg.jsonio import atomic_path
 
 PROBABILITIES_SUFFIX = "_probabilities.npz"
 ENTROPY_SUFFIX = "_entropy"
+INSTANCES_SUFFIX = "_instances"  # autoseg predict --instances: each lesion instance numbered (autoseg.instances)
 
 
 def save_probabilities(path: Path, probabilities: np.ndarray, label_values) -> None:

@@ -183,3 +183,18 @@ def _training_summary_beside(models_dir: Path, plan: Plan) -> TrainingSummary | 
         return training_summary(load_fingerprint(path), plan)
     except AutosegError:
         return None
+
+
+def prune(models: list[TrainedModel], depth: int) -> None:
+    """Predict with UNet++'s sub-network of this depth (autoseg.model.families.unetpp): fewer nodes, the same
+    weights. Every model must be a UNet++ (a cascade's first stage is left whole)."""
+    for model in models:
+        config = model.plan.configurations[model.configuration]
+        if config.architecture != "unetpp":
+            raise AutosegError(f"--prune-depth: {model.configuration} is a {config.architecture} network; only "
+                               f"UNet++ networks can be pruned")
+        if not 1 <= depth <= config.num_stages - 1:
+            raise AutosegError(f"--prune-depth {depth}: {model.configuration}'s UNet++ has depths 1 to "
+                               f"{config.num_stages - 1}")
+        for network in model.networks:
+            network.inference_depth = depth

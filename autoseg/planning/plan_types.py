@@ -63,15 +63,20 @@ class Configuration:
     previous_stage: str | None = None
     next_stage: str | None = None
     # the network family: "plain" (convolutions per stage), "resenc" (convs_per_stage_encoder counts residual
-    # blocks, after a stem convolution) or "deeplab" (resenc with atrous deepest stages and ASPP);
-    # autoseg.planning.presets
-    architecture: Literal["plain", "resenc", "deeplab"] = "plain"
-    # deeplab only (autoseg.planning.atrous): the deepest stages that keep their resolution, each stage's
-    # dilation per axis, and the ASPP branches' rates and kernel per axis
+    # blocks, after a stem convolution), "deeplab" (resenc with atrous deepest stages and ASPP), or a classic
+    # family (autoseg.model.families); autoseg.planning.presets
+    architecture: Literal["plain", "resenc", "deeplab", "fcn", "segnet", "vnet", "unetpp", "pspnet",
+                          "hrnet"] = "plain"
+    # deeplab and pspnet (autoseg.planning.atrous): the deepest stages that keep their resolution, each stage's
+    # dilation per axis; deeplab: the ASPP branches' rates and kernel per axis
     atrous_stages: int = 0
     dilations: list[list[int]] = field(default_factory=list)
     aspp_rates: list[list[int]] = field(default_factory=list)
     aspp_kernel: list[int] = field(default_factory=list)
+    # pspnet only (autoseg.planning.pyramid): the pyramid pooling levels' bins per axis
+    pyramid_bins: list[list[int]] = field(default_factory=list)
+    # hrnet only: how many parallel resolution streams (stream k at stage k+1's resolution)
+    streams: int = 0
     # Elastic deformation costs augmentation time for little gain on most datasets: a switch, off.
     elastic_deformation: bool = False
 

@@ -9,12 +9,15 @@ import numpy as np
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import Fingerprint
 from autoseg.planning.atrous import atrous_layout
+from autoseg.planning.family_memory import (fcn_voxels, hrnet_voxels, pspnet_voxels, segnet_voxels, unetpp_voxels,
+                                            vnet_voxels)
 from autoseg.planning.memory import (deeplab_feature_map_voxels, feature_map_voxels, reference_budget,
                                      residual_feature_map_voxels)
 from autoseg.planning.normalization import plan_normalization
 from autoseg.planning.plan_types import (CONFIGURATION_NAMES, FAMILY_BASES, FAMILY_SEPARATOR, PLAN_VERSION,
                                         Configuration, Plan, Resampling)
 from autoseg.planning.presets import Preset, get_preset
+from autoseg.planning.pyramid import pyramid_bins
 from autoseg.planning.spacing import resampled_shape, target_spacing, transpose_for
 from autoseg.planning.topology import pool_and_conv_layout
 
@@ -36,6 +39,45 @@ class Sizing:
     gpu_memory_gb: float
 
 
+HRNET_MAX_STREAMS = 4  # HRNet's W, 2W, 4W, 8W
+
+
+def family_layout(architecture: str, spacing, topo) -> dict:
+    """The Configuration fields a family's network needs beyond the topology: DeepLab's and PSPNet's atrous
+    stages (with ASPP's rates, or PSPNet's pyramid bins), HRNet's number of streams."""
+    if architecture in ("deeplab", "pspnet"):
+        layout = atrous_layout(spacing, topo.patch_size, topo.pool_strides)
+        fields = {"atrous_stages": layout.atrous_stages, "dilations": layout.dilations}
+        if architecture == "deeplab":
+            return {**fields, "aspp_rates": layout.aspp_rates, "aspp_kernel": layout.aspp_kernel}
+        return {**fields, "pyramid_bins": pyramid_bins(layout.bottleneck_size)}
+    if architecture == "hrnet":
+        return {"streams": max(1, min(HRNET_MAX_STREAMS, len(topo.pool_strides) - 1))}
+    return {}
+
+
+def feature_map_count(architecture: str, topo, layout: dict, features, num_classes: int, encoder, decoder) -> int:
+    """One sample's feature-map voxels through the family's network (autoseg.planning.memory, .family_memory)."""
+    patch, strides = topo.patch_size, topo.pool_strides
+    if architecture == "resenc":
+        return residual_feature_map_voxels(patch, strides, features, num_classes, encoder, decoder)
+    if architecture in ("deeplab", "pspnet"):  # the atrous stages keep their input's resolution
+        first_atrous = len(strides) - layout["atrous_stages"]
+        real = [[1] * len(patch) if stage >= first_atrous else stride for stage, stride in enumerate(strides)]
+        if architecture == "deeplab":
+            return deeplab_feature_map_voxels(patch, real, features, num_classes, encoder, decoder,
+                                              len(layout["aspp_rates"]))
+        return pspnet_voxels(patch, real, features, num_classes, encoder, layout["pyramid_bins"])
+    counts = {"fcn": lambda: fcn_voxels(patch, strides, features, num_classes, encoder),
+              "segnet": lambda: segnet_voxels(patch, strides, features, num_classes, encoder),
+              "vnet": lambda: vnet_voxels(patch, strides, features, num_classes, encoder, decoder),
+              "unetpp": lambda: unetpp_voxels(patch, strides, features, num_classes, encoder, decoder),
+              "hrnet": lambda: hrnet_voxels(patch, strides, features, num_classes, encoder, layout["streams"])}
+    if architecture in counts:
+        return counts[architecture]()
+    return feature_map_voxels(patch, strides, features, num_classes, encoder[0])
+
+
 def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, sizing: Sizing) -> Configuration:
     """Largest aspect-correct patch that fits the memory budget, then the batch that fills it."""
     ndim = len(spacing)
@@ -49,16 +91,9 @@ def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, s
     preset = sizing.preset
 
     def estimate(topo):
-        n_stages = len(topo.pool_strides)
-        encoder, decoder = preset.blocks(n_stages)
-        if preset.architecture == "resenc":
-            return residual_feature_map_voxels(topo.patch_size, topo.pool_strides, features(n_stages), num_classes,
-                                               encoder, decoder)
-        if preset.architecture == "deeplab":
-            layout = atrous_layout(spacing, topo.patch_size, topo.pool_strides)
-            return deeplab_feature_map_voxels(topo.patch_size, layout.strides, features(n_stages), num_classes,
-                                              encoder, decoder, len(layout.aspp_rates))
-        return feature_map_voxels(topo.patch_size, topo.pool_strides, features(n_stages), num_classes, encoder[0])
+        encoder, decoder = preset.blocks(len(topo.pool_strides))
+        return feature_map_count(preset.architecture, topo, family_layout(preset.architecture, spacing, topo),
+                                 features(len(topo.pool_strides)), num_classes, encoder, decoder)
 
     aspect = 1.0 / spacing
     edge = INITIAL_PATCH_EDGE[ndim]
@@ -84,18 +119,14 @@ def _configuration(name, spacing, median_shape, num_classes, n_voxels_dataset, s
     batch = max(min(batch, cap), MIN_BATCH_SIZE)
     n_stages = len(topo.pool_strides)
     encoder, decoder = preset.blocks(n_stages)
-    atrous = {}
-    if preset.architecture == "deeplab":
-        layout = atrous_layout(spacing, topo.patch_size, topo.pool_strides)
-        atrous = {"atrous_stages": layout.atrous_stages, "dilations": layout.dilations,
-                  "aspp_rates": layout.aspp_rates, "aspp_kernel": layout.aspp_kernel}
     return Configuration(
         name=name, data_identifier=name, spacing=[float(s) for s in spacing],
         median_shape=[float(m) for m in median_shape], patch_size=[int(p) for p in topo.patch_size],
         batch_size=int(batch), num_pools_per_axis=topo.num_pools_per_axis, pool_strides=topo.pool_strides,
         conv_kernels=topo.conv_kernels, features_per_stage=features(n_stages),
         convs_per_stage_encoder=encoder, convs_per_stage_decoder=decoder,
-        batch_dice=False, estimated_feature_map_voxels=int(voxels), architecture=preset.architecture, **atrous)
+        batch_dice=False, estimated_feature_map_voxels=int(voxels), architecture=preset.architecture,
+        **family_layout(preset.architecture, spacing, topo))
 
 
 def _lowres(fullres: Configuration, median_shape, num_classes, num_cases, sizing: Sizing) -> Configuration | None:

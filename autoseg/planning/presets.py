@@ -1,5 +1,6 @@
 """Network presets: the plain U-Net (default), nnU-Net v2's residual-encoder presets ResEnc M / L / XL, and
-DeepLab (a ResEnc M encoder whose deepest stages are atrous, with ASPP; autoseg.planning.atrous).
+DeepLab (a ResEnc M encoder whose deepest stages are atrous, with ASPP; autoseg.planning.atrous), and the
+classic families FCN, SegNet, V-Net, UNet++, PSPNet and HRNet (autoseg.model.families).
 
 A preset fixes what the memory model sizes patches and batches against and how the network is built. The
 ResEnc values are nnU-Net v2's (`nnUNetPlannerResEncM/L/XL`, its documentation `resenc_presets.md`): residual
@@ -18,7 +19,7 @@ from autoseg.errors import AutosegError
 @dataclass(frozen=True)
 class Preset:
     name: str
-    architecture: str  # the network family autoseg.model.network builds: "plain", "resenc" or "deeplab"
+    architecture: str  # the network family autoseg.model.network builds (its registry FAMILIES)
     reference_voxels: dict[int, float]  # feature-map voxels that fit reference_gb, per dimensionality
     reference_gb: float  # the memory the reference was measured for; also the default --gpu-memory
     max_dataset_fraction: float  # one batch covers at most this fraction of the dataset's voxels
@@ -43,8 +44,15 @@ PRESETS = {
     # stages at their finer resolution and ASPP, so the patch and batch shrink to pay for them
     "deeplab": Preset("deeplab", "deeplab", {3: 680e6, 2: 135e6}, 8.0, 1.0, _RESENC_BLOCKS, (1,) * 12, True),
 }
+# The classic families (autoseg.model.families) are sized against the plain U-Net's reference at its 8 GB, so
+# every family gets the same memory target, each counted by its own model (autoseg.planning.family_memory); two
+# convolutions per stage and decoder level as the U-Net (HRNet: two residual blocks per stream and HR stage).
+CLASSIC_FAMILIES = ("fcn", "segnet", "vnet", "unetpp", "pspnet", "hrnet")
+PRESETS.update({name: Preset(name, name, {3: 560e6, 2: 85e6}, 8.0, 0.05, (2,) * 14, (2,) * 13, False)
+                for name in CLASSIC_FAMILIES})
 # `autoseg plan --architecture NAME`: each family's preset at the default memory target
-ARCHITECTURE_PRESETS = {"plain": "plain", "resenc": "resenc-m", "deeplab": "deeplab"}
+ARCHITECTURE_PRESETS = {"plain": "plain", "resenc": "resenc-m", "deeplab": "deeplab",
+                        **{name: name for name in CLASSIC_FAMILIES}}
 
 
 def get_preset(name: str) -> Preset:

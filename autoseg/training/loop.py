@@ -33,9 +33,9 @@ from autoseg.model.checkpoint import BEST, FINAL, LATEST
 from autoseg.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from autoseg.training.budget import BudgetClock
 from autoseg.training.epoch_validation import validation_pass
-from autoseg.training.loss import Objective, deep_supervision_weights
+from autoseg.training.loss import Objective
 from autoseg.model.device import machine_description
-from autoseg.model.network import build_network
+from autoseg.model.network import build_network, supervision_weights
 from autoseg.training.options import TrainOptions
 from autoseg.model.precision import autocast_dtype
 from autoseg.model.weight_transfer import source_weights, transfer_weights
@@ -319,7 +319,7 @@ def _run_epochs(network, optimizer, scaler, state: _State, metrics: list[dict], 
     val_batches = batch_iterator(
         IndexedBatches(sources[1], settings, batch_size, options.seed, VALIDATION_STREAM, ranks.rank, False),
         state.epoch * val_iterations, 0, False)
-    objective = Objective(tuple(deep_supervision_weights(config.num_stages - 1)), config.batch_dice,
+    objective = Objective(tuple(supervision_weights(config)), config.batch_dice,
                           tuple(t.values for t in scheme.targets) if scheme.uses_regions else (),
                           tuple(scheme.output_values) if scheme.uses_regions else ())
     model = DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None) \

@@ -118,12 +118,3 @@ def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor, obj
         else:  # keep the unused head in the graph: DistributedDataParallel expects a gradient for every parameter
             total = total + 0.0 * torch.nan_to_num(output).sum()
     return total
-
-
-def deep_supervision_weights(n_outputs: int) -> list[float]:
-    """Loss weight per output, full resolution first: halving per level, the lowest off, summing to 1."""
-    weights = [0.5 ** i for i in range(n_outputs)]
-    if n_outputs > 1:
-        weights[-1] = 0.0
-    total = sum(weights)
-    return [w / total for w in weights]

@@ -8,9 +8,9 @@ import torch
 
 from autoseg import resident_memory
 from autoseg.allocator import release_freed_memory
-from autoseg.model.network import build_network
+from autoseg.model.network import build_network, supervision_weights
 from autoseg.planning.plan_types import Configuration
-from autoseg.training.loss import Objective, deep_supervision_weights
+from autoseg.training.loss import Objective
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -77,7 +77,7 @@ def time_training_step(config: Configuration, in_channels: int, num_classes: int
     optimizer = make_optimizer(network, 1e-3, 0.99, 3e-5, "adamw")
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     batch = _random_batch(config, in_channels, num_classes, device)
-    objective = Objective(tuple(deep_supervision_weights(config.num_stages - 1)), config.batch_dice)
+    objective = Objective(tuple(supervision_weights(config)), config.batch_dice)
     network.train()
 
     def step() -> float:
