@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from autoseg.fingerprint import load_fingerprint
+from autoseg.model.cascade import cascade_classes
 from autoseg.model.cost import network_cost
 from autoseg.model.network import FAMILIES, build_network, supervision_weights
 from autoseg.planning import plan_experiment
@@ -73,6 +74,22 @@ def test_outputs_are_full_resolution_with_one_loss_weight_each(family, name, con
             assert network(x).shape == (1, classes, *x.shape[2:])
     cost = network_cost(config, 2, classes)
     assert cost.parameters == sum(p.numel() for p in network.parameters()) and cost.gflop_per_step > 0
+
+
+@pytest.mark.parametrize("family", CLASSIC_FAMILIES)
+def test_a_classic_family_plans_the_cascade_and_takes_its_extra_channels(family):
+    """A large CT gets 3d_lowres and the cascade in the family's own network; the cascade's network reads the
+    image and the first stage's one-hot segmentation (autoseg.model.cascade)."""
+    plan = plan_experiment(load_fingerprint(REFERENCE / "Dataset902_SynthLargeCT.json"), preset=family)
+    assert {"3d_lowres", "3d_cascade_fullres"} <= set(plan.configurations)
+    classes = plan.label_scheme.output_channels
+    for name in ("3d_lowres", "3d_cascade_fullres"):
+        config = plan.configurations[name]
+        assert config.architecture == family
+        channels = len(plan.channel_names) + (cascade_classes(plan) - 1 if config.previous_stage else 0)
+        with torch.device("meta"):
+            output = build_network(config, channels, classes).eval()(torch.empty(1, channels, *config.patch_size))
+        assert output.shape == (1, classes, *config.patch_size)
 
 
 def test_fcn_fuses_class_scores_from_every_depth_without_decoder_convolutions():
