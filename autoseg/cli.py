@@ -11,24 +11,9 @@ from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
 from autoseg.output_location import check_output_dir, writing_errors
 from autoseg.planning.plan_types import CONFIGURATION_NAMES
 from autoseg.planning.presets import ARCHITECTURE_PRESETS, PRESETS
-from autoseg.cli_args import (configuration_name, fold, label_target, non_negative_float, positive_float, positive_int,
-                              step)
+from autoseg.cli_args import (add_instance_arguments, configuration_name, fold, instance_rule, label_target,
+                              positive_float, positive_int, step)
 from autoseg.cli_train import add_train_parser
-
-
-def _instance_rule(args):
-    """--instances [--min-instance-volume MM3] as the rule autoseg.instances applies, or None."""
-    from autoseg.instances import InstanceRule
-
-    if args.min_instance_volume is not None and not args.instances:
-        raise AutosegError("--min-instance-volume applies to --instances; add --instances")
-    return InstanceRule(args.min_instance_volume or 0.0) if args.instances else None
-
-
-def _add_instance_arguments(parser, help_instances: str) -> None:
-    parser.add_argument("--instances", action="store_true", help=help_instances)
-    parser.add_argument("--min-instance-volume", type=non_negative_float, default=None, metavar="MM3",
-                        help="with --instances: components smaller than this are not instances (default 0: all)")
 
 
 def _describe_costs(plan) -> str:
@@ -93,7 +78,8 @@ def _cmd_preprocess(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from autoseg.inference.predict import SUMMARY_FILE, PredictOptions, parse_part, predict
+    from autoseg.inference.parts import parse_part
+    from autoseg.inference.predict import SUMMARY_FILE, PredictOptions, predict
 
     options = PredictOptions(configuration=args.config, folds=args.folds, mirror=not args.no_tta, step=args.step,
                              device=args.device, precision=args.precision, save_probabilities=args.save_probabilities,
@@ -102,7 +88,7 @@ def _cmd_predict(args) -> int:
                              part=parse_part(args.part) if args.part else None,
                              output_type=args.output_type, input_format=args.input_format, series=args.series,
                              channel_series=args.channel_series, prune_depth=args.prune_depth,
-                             instances=_instance_rule(args))
+                             instances=instance_rule(args))
     result = predict(args.input, args.output, args.models, options)
     skipped = f", {len(result.skipped)} already done" if result.skipped else ""
     print(f"predicted {len(result.written)} case(s){skipped} -> {result.output_dir}")
@@ -148,7 +134,7 @@ def _cmd_evaluate(args) -> int:
     output = args.output or str(Path(args.pred_dir) / SUMMARY_FILE)
     summary = evaluate_folder(args.pred_dir, args.ref_dir, args.labels, output, args.tolerance, args.workers,
                               progress=not args.quiet, surface_convention=args.surface,
-                              ignore_label=args.ignore_label, instances=_instance_rule(args))
+                              ignore_label=args.ignore_label, instances=instance_rule(args))
     print(f"{'label':>8}{'Dice':>8}{'IoU':>8}{'HD95 mm':>10}{'NSD':>8}   ({summary['num_cases']} cases, "
           f"NSD at {summary['tolerance_mm']:g} mm, surface {summary['surface_convention']})")
     rows = [(label, m) for label, m in summary["mean"].items()] + [("fg mean", summary["foreground_mean"])]
@@ -255,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folds to average (default: every fold with a final checkpoint)")
     pr.add_argument("--no-tta", action="store_true", help="no mirroring (about 8x faster in 3D)")
     pr.add_argument("--step", type=step, default=0.5, help="tile stride as a fraction of the patch (default 0.5)")
-    _add_instance_arguments(pr, "also number each lesion instance (a 26-connected component of one label): "
+    add_instance_arguments(pr, "also number each lesion instance (a 26-connected component of one label): "
                                 "CASE_instances.nii.gz beside the label map, and each instance's label, volume, "
                                 "centroid (mm and voxel) and bounding box in the case report (docs/instances.md)")
     pr.add_argument("--prune-depth", type=positive_int, default=None, metavar="D",
@@ -349,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="surface convention of HD95 and NSD: 'elements' = surface elements weighted by area "
                          "(Nikolov et al. 2021, DeepMind's surface-distance, as MSD and FLARE; default), "
                          "'voxels' = border voxels (MetricsReloaded)")
-    _add_instance_arguments(ev, "also lesion-wise metrics: instances (26-connected components per label) matched "
+    add_instance_arguments(ev, "also lesion-wise metrics: instances (26-connected components per label) matched "
                                 "at IoU >= 0.5; TP/FP/FN, precision, recall, F1, lesion-wise Dice, panoptic quality "
                                 "(docs/instances.md); written to summary.json and instances.csv")
     ev.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, max 8)")

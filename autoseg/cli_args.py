@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from autoseg.errors import AutosegError
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -72,3 +74,18 @@ def configuration_name(text: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown configuration {text!r} (2d, 3d_fullres, 3d_lowres, "
                                          f"3d_cascade_fullres, or 2d / 3d_fullres@<preset>)")
     return text
+
+
+def instance_rule(args):
+    """--instances [--min-instance-volume MM3] as the rule autoseg.instances applies, or None."""
+    from autoseg.instances import InstanceRule
+
+    if args.min_instance_volume is not None and not args.instances:
+        raise AutosegError("--min-instance-volume applies to --instances; add --instances")
+    return InstanceRule(args.min_instance_volume or 0.0) if args.instances else None
+
+
+def add_instance_arguments(parser, help_instances: str) -> None:
+    parser.add_argument("--instances", action="store_true", help=help_instances)
+    parser.add_argument("--min-instance-volume", type=non_negative_float, default=None, metavar="MM3",
+                        help="with --instances: components smaller than this are not instances (default 0: all)")

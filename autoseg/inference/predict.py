@@ -25,6 +25,7 @@ from autoseg.dataset.orientation import reorient, reorientation
 from autoseg.errors import AutosegError
 from autoseg.inference import INPUT_FORMATS, OUTPUT_TYPES
 from autoseg.inference.inputs import InputCase, find_input_cases, image_files
+from autoseg.inference.parts import share, torchrun_part
 from autoseg.inference.predictor import PreparedCase, Predictor
 from autoseg.inference.report import (CaseReport, load_case_report, write_case_report,
                                       write_predictions_csv)
@@ -147,29 +148,6 @@ def resolve_outputs(options: PredictOptions, dicom: bool) -> Outputs:
     label_map = kind in ("nifti", "both")
     return Outputs(label_map=label_map, dicom_seg=kind in ("dicom-seg", "both"),
                    probabilities=options.save_probabilities, instances=label_map and options.instances is not None)
-
-
-def parse_part(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise AutosegError(f"--part {text!r}: expected K/N, e.g. 2/4") from None
-    if not 1 <= k <= n:
-        raise AutosegError(f"--part {text!r}: K must be between 1 and N")
-    return k, n
-
-
-def torchrun_part() -> tuple[int, int] | None:
-    """This process's share when launched by torchrun (it sets WORLD_SIZE and RANK), else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")) + 1, world) if world > 1 else None
-
-
-def share(cases: list, part: tuple[int, int] | None) -> list:
-    if part is None:
-        return cases
-    k, n = part
-    return cases[k - 1::n]
 
 
 def predict(input_path, output_dir, model, options: PredictOptions | None = None, *,
