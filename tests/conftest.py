@@ -1,7 +1,10 @@
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,27 @@ def run_autoseg(*args, check=True, **kw) -> subprocess.CompletedProcess:
     """`python -m autoseg ARGS` from the repo; with check, a non-zero exit fails the test showing stderr."""
     proc = subprocess.run([sys.executable, "-m", "autoseg", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, **kw)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def autoseg_here(*args, check=True) -> subprocess.CompletedProcess:
+    """`autoseg ARGS` in this process, its output captured: run_autoseg without the seconds a new process
+    spends importing PyTorch, for runs where the process boundary is not what is tested."""
+    import contextlib
+    import io
+
+    from autoseg.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's refusals
+            code = e.code if isinstance(e.code, int) else 1
+    proc = subprocess.CompletedProcess(["autoseg", *argv], code, out.getvalue(), err.getvalue())
     if check:
         assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -120,9 +144,34 @@ def write_msd_dataset(root: Path, n_cases=4, n_channels=2, shape=(12, 16, 14), s
 FAST_TRAINING = ["--precision", "fp32", "--workers", "0", "-q", "--no-validation", "--recipe", "standard"]
 
 
+_TINY_MODELS: dict[tuple, Path] = {}
+_TEXT_SUFFIXES = {".json", ".jsonl", ".log", ".csv", ".txt", ".md"}
+
+
 def train_tiny(root: Path, n_channels: int = 1, folds=("0",), *, validate: bool = False, n_cases: int = 6) -> Path:
     """A synthetic dataset planned, preprocessed and trained for two iterations per fold: a real model
-    folder in seconds (its predictions are not meant to be good). Returns the training folder."""
+    folder in seconds (its predictions are not meant to be good). Returns the training folder.
+
+    Trained once per session for each set of arguments, then copied into ROOT with every path written in its
+    text files moved there, so that a module which needs *a* model neither trains its own nor shares files
+    with another module."""
+    key = (n_channels, tuple(folds), validate, n_cases)
+    if key not in _TINY_MODELS:
+        source = Path(tempfile.mkdtemp(prefix="autoseg-tiny-")).resolve()
+        atexit.register(shutil.rmtree, source, ignore_errors=True)
+        _train_tiny(source, n_channels, folds, validate=validate, n_cases=n_cases)
+        _TINY_MODELS[key] = source
+    source, root = _TINY_MODELS[key], Path(root).resolve()
+    shutil.copytree(source, root, dirs_exist_ok=True)
+    for path in root.rglob("*"):
+        if path.suffix in _TEXT_SUFFIXES and path.is_file():
+            text = path.read_text()
+            if str(source) in text:
+                path.write_text(text.replace(str(source), str(root)))
+    return root / "planned"
+
+
+def _train_tiny(root: Path, n_channels: int, folds, *, validate: bool, n_cases: int) -> None:
     from autoseg.planning.run import plan_dataset
     from autoseg.preprocessing import preprocess_dataset
 
@@ -134,4 +183,3 @@ def train_tiny(root: Path, n_channels: int = 1, folds=("0",), *, validate: bool 
     flags = [f for f in FAST_TRAINING if not (validate and f == "--no-validation")]
     for fold in folds:
         run_autoseg("train", out, "--fold", fold, "--epochs", "1", "--iterations-per-epoch", "2", *flags)
-    return out

@@ -168,12 +168,12 @@ def test_budget_run_saves_its_recipe_trains_what_it_says_and_keeps_the_budget(pl
 
 
 def test_resume_and_reuse_take_the_saved_recipe_without_timing(planned, tmp_path):
-    from conftest import run_autoseg
+    from conftest import autoseg_here
 
     out = tmp_path / "out"
     shutil.copytree(planned, out)
     args = ["--epochs", "2", "--iterations-per-epoch", "2", "--width", "0.5", "--no-validation", *FAST]
-    run_autoseg("train", out, *args)
+    autoseg_here("train", out, *args)
     folder = out / "models/3d_fullres/fold_0"
     saved = json.loads((folder / "recipe.json").read_text())
     assert saved["name"] == "standard" and saved["width"] == 0.5 and saved["step_times"] == []
@@ -181,12 +181,12 @@ def test_resume_and_reuse_take_the_saved_recipe_without_timing(planned, tmp_path
     (folder / "checkpoint_final.pt").rename(folder / "checkpoint_latest.pt")
     saved["reason"] = "edited"
     (folder / "recipe.json").write_text(json.dumps(saved))
-    run_autoseg("train", out, *args)
+    autoseg_here("train", out, *args)
     assert json.loads((folder / "recipe.json").read_text())["reason"] == "edited"
 
     other = tmp_path / "other"
     shutil.copytree(planned, other)
-    run_autoseg("train", other, "--recipe", str(folder / "recipe.json"), "--epochs", "1", "--no-validation", *FAST)
+    autoseg_here("train", other, "--recipe", str(folder / "recipe.json"), "--epochs", "1", "--no-validation", *FAST)
     reused = json.loads((other / "models/3d_fullres/fold_0/recipe.json").read_text())
     assert reused["width"] == 0.5 and reused["reason"].startswith("reused from")
     # the package carries each fold's recipe, and its card says how the model was trained

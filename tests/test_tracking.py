@@ -7,7 +7,7 @@ import pytest
 
 from autoseg.training.tracking import overlay_pair
 
-from conftest import run_autoseg, write_nnunet_dataset
+from conftest import autoseg_here, write_nnunet_dataset
 
 
 def test_overlay_pair_colours_reference_and_prediction_sides():
@@ -35,7 +35,7 @@ def test_train_with_tensorboard_writes_scalars_and_images(tmp_path):
     out = tmp_path / "planned"
     plan_dataset(data, out, workers=1, configurations=("3d_fullres",), progress=False)
     preprocess_dataset(out, workers=1, progress=False)
-    run_autoseg("train", out, "--epochs", "2", "--iterations-per-epoch", "2", "--no-validation", "--tensorboard",
+    autoseg_here("train", out, "--epochs", "2", "--iterations-per-epoch", "2", "--no-validation", "--tensorboard",
                 "--precision", "fp32", "--workers", "0", "-q")
     folder = out / "models/3d_fullres/fold_0"
     events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
@@ -46,6 +46,6 @@ def test_train_with_tensorboard_writes_scalars_and_images(tmp_path):
     assert [e.value for e in events.Scalars("train_loss")] == pytest.approx([m["train_loss"] for m in metrics])
     assert [e.step for e in events.Images("validation/reference_vs_prediction")] == [1, 2]
     # switching tracking on or off is not a change of the run: it resumes
-    run_autoseg("train", out, "--epochs", "3", "--iterations-per-epoch", "2", "--no-validation",
+    autoseg_here("train", out, "--epochs", "3", "--iterations-per-epoch", "2", "--no-validation",
                 "--precision", "fp32", "--workers", "0", "-q")
     shutil.rmtree(folder / "tensorboard")

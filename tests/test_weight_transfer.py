@@ -8,7 +8,7 @@ from autoseg.errors import AutosegError
 from autoseg.model.network import build_network
 from autoseg.model.weight_transfer import transfer_weights
 
-from conftest import run_autoseg, train_tiny, write_nnunet_dataset
+from conftest import autoseg_here, train_tiny, write_nnunet_dataset
 
 
 def _config(tmp_path):
@@ -52,10 +52,10 @@ def test_another_topology_is_refused_naming_the_tensor(tmp_path):
 
 def test_fine_tuning_from_a_package_onto_two_channels_and_one_label(tmp_path):
     source = train_tiny(tmp_path / "source", 1, ["0"])
-    run_autoseg("export", source, "-o", tmp_path / "source.autoseg")
+    autoseg_here("export", source, "-o", tmp_path / "source.autoseg")
     target = train_tiny(tmp_path / "target", 2, [])  # planned and preprocessed, not trained
     for init in (tmp_path / "source.autoseg", source / "models/3d_fullres/fold_0/checkpoint_final.pt"):
-        run_autoseg("train", target, "--fold", "1", "--epochs", "1", "--iterations-per-epoch", "1", "--init-from", init,
+        autoseg_here("train", target, "--fold", "1", "--epochs", "1", "--iterations-per-epoch", "1", "--init-from", init,
                     "--no-validation", "--precision", "fp32", "--workers", "0", "-q")
         log = (target / "models/3d_fullres/fold_1/training.log").read_text()
         assert "initialised from another model" in log and "1 -> 2 input channels" in log
