@@ -145,7 +145,7 @@ FAST_TRAINING = ["--precision", "fp32", "--workers", "0", "-q", "--no-validation
 
 
 _TINY_MODELS: dict[tuple, Path] = {}
-_TEXT_SUFFIXES = {".json", ".jsonl", ".log", ".csv", ".txt", ".md"}
+_TEXT_SUFFIXES = {".json", ".jsonl", ".log"}  # where a model folder writes paths (fingerprint.json, training.log)
 
 
 def train_tiny(root: Path, n_channels: int = 1, folds=("0",), *, validate: bool = False, n_cases: int = 6) -> Path:
