@@ -44,15 +44,15 @@ def plan_autoseg(data: Path, work: Path) -> tuple[Path, list[str], list[str]]:
     return out, train_ids, val_ids
 
 
-def _run(cmd, log: Path):
-    """Measured like nnU-Net's side: PSS of the process tree every 0.5 s."""
-    return run_measured_timeout([str(c) for c in cmd], None, log, None, 0.5)[0]
+def _run(cmd, log: Path, poll_s: float = 0.5):
+    """Measured like nnU-Net's side: PSS of the process tree every poll_s seconds."""
+    return run_measured_timeout([str(c) for c in cmd], None, log, None, poll_s)[0]
 
 
-def train_autoseg(out: Path, args: list[str], work: Path, name: str) -> dict:
+def train_autoseg(out: Path, args: list[str], work: Path, name: str, poll_s: float = 0.5) -> dict:
     shutil.rmtree(out / "models", ignore_errors=True)
     m = _run([sys.executable, "-m", "autoseg", "train", str(out), "--fold", "0", "-q", *args],
-                work / f"autoseg-{name}.log")
+             work / f"autoseg-{name}.log", poll_s)
     folder = out / "models" / "3d_fullres" / "fold_0"
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     summary_path = folder / "validation" / "summary.json"

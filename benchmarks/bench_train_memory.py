@@ -8,7 +8,7 @@ Datasets: Hippocampus (../shared/data, patch 40x56x40, batch 7) and "large", a s
 brain-MRI-like dataset (benchmarks/synthetic_mri.py: 6 cases of 240x240x155 at 1 mm, 3 nested tumour
 labels; BraTS's shape, planned at patch 112x160x128, batch 2). Each tool plans and preprocesses it itself.
 
-Runs, each measured as the peak PSS of its process tree every 0.5 s:
+Runs, each measured as the peak PSS of its process tree every 0.5 s (`--poll-s`):
 - autoseg standard: `--recipe standard --epochs 1 --iterations-per-epoch 2 --val-iterations 1
   --no-validation` (nnU-Net's network and batch, fp32);
 - autoseg budget: `--recipe budget --time-budget B --no-validation` (the recipe sizes itself to the
@@ -37,17 +37,17 @@ sys.path.insert(0, str(REPO))
 HIPPOCAMPUS = REPO.parent / "shared" / "data" / "Dataset004_Hippocampus"
 
 
-def autoseg_rows(data: Path, work: Path, budget_s: float) -> dict:
+def autoseg_rows(data: Path, work: Path, budget_s: float, poll_s: float) -> dict:
     out, _, _ = plan_autoseg(data, work)
     plan = json.loads((out / "plan.json").read_text())["configurations"]["3d_fullres"]
     rows = {"plan": {"patch_size": plan["patch_size"], "batch_size": plan["batch_size"]}}
     standard = train_autoseg(out, ["--recipe", "standard", "--epochs", "1", "--iterations-per-epoch", "2",
                                    "--val-iterations", "1", "--no-validation", "--precision", "fp32"],
-                             work, "standard")
+                             work, "standard", poll_s)
     rows["autoseg standard"] = {"peak_mb": standard["peak_mb"], "wall_s": standard["wall_s"],
                                 "s_per_iter": standard["metrics"][-1]["iterations_time_s"] / 2}
     budget = train_autoseg(out, ["--recipe", "budget", "--time-budget", f"{budget_s}s", "--no-validation",
-                                 "--precision", "fp32"], work, "budget")
+                                 "--precision", "fp32"], work, "budget", poll_s)
     recipe = json.loads((work / "autoseg-budget-model" / "recipe.json").read_text())
     rows["autoseg budget"] = {"peak_mb": budget["peak_mb"], "wall_s": budget["wall_s"],
                               "iterations": sum(m["iterations"] for m in budget["metrics"]),
@@ -56,11 +56,11 @@ def autoseg_rows(data: Path, work: Path, budget_s: float) -> dict:
     return rows
 
 
-def nnunet_row(data: Path, work: Path) -> dict:
+def nnunet_row(data: Path, work: Path, poll_s: float) -> dict:
     ending = json.loads((data / "dataset.json").read_text())["file_ending"]
     cases = sorted(p.name[:-len(ending)] for p in (data / "labelsTr").glob(f"*{ending}"))
     setup = prepare_nnunet(data, work / "nnunet", cases[1:], cases[:1])
-    run = train_nnunet(setup, 1, 2, 1, stop_after_training=True)
+    run = train_nnunet(setup, 1, 2, 1, stop_after_training=True, poll_s=poll_s)
     return {"peak_mb": run.peak_mb, "wall_s": run.wall_s, "plan": {"patch_size": setup.patch_size,
                                                                    "batch_size": setup.batch_size}}
 
@@ -77,18 +77,21 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["hippocampus", "large"], choices=["hippocampus", "large"])
     parser.add_argument("--budget", default="3m", help="the budget recipe's --time-budget (default 3m)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/autoseg-bench-memory"))
+    parser.add_argument("--poll-s", type=float, default=0.5,
+                        help="seconds between memory samples of each tool's process tree (default 0.5; a step's "
+                             "peak lasts less than a second, so 0.02 sees more of it)")
     args = parser.parse_args()
     from autoseg.training.schedule import parse_duration
     budget_s = parse_duration(args.budget)
-    results = {"cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "datasets": {}}
+    results = {"cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "poll_s": args.poll_s, "datasets": {}}
     for name in args.datasets:
         work = args.work / name
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         data = (HIPPOCAMPUS if name == "hippocampus" else
                 write_mri_dataset(args.work / "data", "Dataset900_LargeMRI", (155, 240, 240), 6))
-        rows = autoseg_rows(data, work, budget_s)
-        rows["nnU-Net v2"] = nnunet_row(data, work)
+        rows = autoseg_rows(data, work, budget_s, args.poll_s)
+        rows["nnU-Net v2"] = nnunet_row(data, work, args.poll_s)
         results["datasets"][name] = rows
         nn = rows["nnU-Net v2"]["peak_mb"]
         print(f"\n{name}: autoseg plan {rows['plan']}, nnU-Net plan {rows['nnU-Net v2']['plan']}")

@@ -47,7 +47,9 @@ def test_memory_count_is_the_built_networks_feature_maps(family, name, configura
     config, classes = _planned(family, name, configuration)
     assert config.architecture == family
     counted = []
-    with torch.device("meta"):
+    # without autograd every convolution runs as its module (in CPU training a decoder stage's first one is summed
+    # over its inputs' parts instead: autoseg.model.blocks.ConvNormAct); its outputs are the same maps
+    with torch.device("meta"), torch.no_grad():
         network = build_network(config, 1, classes, deep_supervision=False).train()
         for module in network.modules():
             if isinstance(module, CONVOLUTIONS):
@@ -105,7 +107,7 @@ def test_cost_counts_the_parameters_and_a_training_steps_flops(family):
         elif isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
             module.register_forward_hook(lambda m, i, o: forward.append(
                 2 * i[0].numel() * m.out_channels * np.prod(m.kernel_size) // m.groups))
-    with torch.device("meta"):
+    with torch.device("meta"), torch.no_grad():  # every convolution as its module (see the memory count above)
         network.train()(torch.empty(config.batch_size, 2, *config.patch_size))
     # backward costs two forwards (input and weight gradients), less the first layer's unneeded input gradient;
     # norms, activations, pooling and interpolation add a little
@@ -215,7 +217,8 @@ def test_hrnet_keeps_parallel_streams_and_fuses_every_pair():
     for stage, fusion in enumerate(network.fusions):
         assert len(getattr(fusion, "paths", {})) == stage * (stage + 1)  # every ordered pair of streams
     shapes = []
-    network.mix.register_forward_hook(lambda m, i, o: shapes.append(i[0].shape))
+    # the mixing block takes the streams as a list standing for their concatenation (autoseg.model.blocks)
+    network.mix.register_forward_hook(lambda m, i, o: shapes.append([part.shape for part in i[0]]))
     streams = []
     for block in network.blocks[-1]:
         block.register_forward_hook(lambda m, i, o: streams.append(list(o.shape[2:])))
@@ -227,7 +230,8 @@ def test_hrnet_keeps_parallel_streams_and_fuses_every_pair():
         size = [s // k for s, k in zip(size, stride)]
         expected.append(size)
     assert streams == expected  # stream k at planned stage k+1's resolution
-    assert shapes[0][1] == sum(config.features_per_stage[:n])  # HRNetV2: every stream concatenated
+    assert sum(shape[1] for shape in shapes[0]) == sum(config.features_per_stage[:n])  # HRNetV2: every stream
+    assert len({tuple(shape[2:]) for shape in shapes[0]}) == 1  # ... upsampled to the first one's size
 
 
 @pytest.fixture(scope="module")

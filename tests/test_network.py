@@ -73,9 +73,12 @@ def _native(block, x):
     return act(norm(conv(x)))
 
 
-def test_norm_activation_keeping_only_its_output_has_pytorchs_gradients():
+@pytest.mark.parametrize("chunk_elements", [2 ** 18, 250])  # one piece, or 2 rows of 120 at a time and 1 left
+def test_norm_activation_keeping_only_its_output_has_pytorchs_gradients(monkeypatch, chunk_elements):
+    from autoseg.model import blocks
     from autoseg.model.blocks import ConvNormAct, _NormLeakyReLU
 
+    monkeypatch.setattr(blocks, "ROWS_CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 6, 4, dtype=torch.float64, requires_grad=True)
     weight = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
@@ -130,3 +133,37 @@ def test_norm_activation_falls_back_where_the_output_cannot_be_inverted():
         torch.testing.assert_close(a, b)
     with torch.no_grad():  # prediction: PyTorch's modules, bit for bit
         assert torch.equal(block(x), _native(block, x))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_a_stage_on_concatenated_parts_matches_the_concatenation_and_does_not_keep_it(ndim):
+    from autoseg.model.blocks import conv_stage
+
+    torch.manual_seed(0)
+    stage = conv_stage(ndim, 6, 4, [3] * ndim, [1] * ndim, 2)
+    shape = (2, 8, 9, 7)[:ndim + 1]
+    parts = [torch.randn(2, 4, *shape[1:], requires_grad=True), torch.randn(2, 2, *shape[1:], requires_grad=True)]
+    upstream = torch.randn(2, 4, *shape[1:])
+
+    def run(forward):
+        saved = {}
+
+        def pack(tensor):
+            saved[id(tensor)] = tuple(tensor.shape)
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = forward()
+        grads = torch.autograd.grad((out * upstream).sum(), (*parts, *stage.parameters()))
+        return out.detach(), grads, set(saved.values())
+
+    split_out, split_grads, split_saved = run(lambda: stage(parts))
+    cat_out, cat_grads, cat_saved = run(lambda: stage(torch.cat(parts, dim=1)))
+    torch.testing.assert_close(split_out, cat_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(split_grads, cat_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # each part is kept at its own size (in the network the skip is kept anyway), never their concatenation
+    concatenation = (2, 6, *shape[1:])
+    assert concatenation in cat_saved and concatenation not in split_saved
+    assert {tuple(p.shape) for p in parts} <= split_saved
+    with torch.no_grad():  # prediction: the concatenation, as before
+        assert torch.equal(stage(parts), stage(torch.cat(parts, dim=1)))

@@ -7,6 +7,14 @@ the convolution's output as well, so every conv-norm-activation block would hold
 holds one. On the Hippocampus plan (batch 7, 40x56x40) that cuts what a training step keeps from 1034 to 629
 MB. The gradients are the same up to float rounding; where a norm's scale is near zero (it cannot be inverted),
 where autograd is off (prediction), on other devices and in other precisions, the modules run as they are.
+
+Two more things keep a CPU step's peak down, since the peak is what decides whether a run fits a machine:
+- the function's backward pass works through a few (sample, channel) rows at a time, so its intermediate maps
+  are cache-sized pieces instead of four full-size maps at the moment the step's memory peaks;
+- a decoder stage's first convolution on the concatenation of its upsampled map and its skip is summed over the
+  two parts instead (ConvNormAct given a list of maps), so the concatenation is never built and kept.
+On the Hippocampus plan (batch 7, float32, freed memory kept) the two took a bare step's peak from 1600-2030 to
+1217-1258 MB at the same speed (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ def padding_for(kernel, dilation) -> list[int]:
     return [d * (k // 2) for k, d in zip(kernel, dilation)]
 
 
+ROWS_CHUNK_ELEMENTS = 2 ** 18  # per piece of the backward pass: 1 MiB of float32
 MIN_INVERTIBLE_SCALE = 1e-3  # below this |norm weight| the output cannot give back the normalised values
 
 
@@ -44,19 +53,32 @@ class _NormLeakyReLU(torch.autograd.Function):
     def backward(ctx, grad):
         out, weight, bias, invstd = ctx.saved_tensors
         n, c = out.shape[:2]
-        spatial = tuple(range(2, out.ndim))
-        per_channel = (1, c) + (1,) * len(spatial)
-        negative = out < 0
-        grad_y = torch.where(negative, grad * ctx.slope, grad)  # through leaky ReLU
-        xhat = torch.where(negative, out * (1.0 / ctx.slope), out)  # its input, the norm's output...
-        xhat.sub_(bias.view(per_channel)).div_(weight.view(per_channel))  # ... and the normalised values
-        grad_bias = grad_y.sum(dim=(0,) + spatial)
-        grad_weight = (grad_y * xhat).sum(dim=(0,) + spatial)
-        grad_y.mul_(weight.view(per_channel))  # now the gradient of the normalised values
-        mean_grad = grad_y.mean(dim=spatial, keepdim=True)
-        mean_grad_xhat = (grad_y * xhat).mean(dim=spatial, keepdim=True)
-        grad_y.sub_(mean_grad).sub_(xhat.mul_(mean_grad_xhat)).mul_(invstd.view(n, c, *([1] * len(spatial))))
-        return grad_y, grad_weight, grad_bias, None, None
+        rows, size = n * c, out[0, 0].numel()
+        # every (sample, channel) row is normalised on its own: working through a few rows at a time keeps the
+        # intermediate maps small (cache-sized) instead of four full-size maps at the start of the backward pass,
+        # which is where a training step's memory peaks
+        out_rows, grad_rows = out.reshape(rows, size), grad.reshape(rows, size)
+        scale, shift = weight.repeat(n).unsqueeze(1), bias.repeat(n).unsqueeze(1)
+        gain = invstd.unsqueeze(1) * scale
+        grad_x = torch.empty_like(out_rows)
+        sums_grad, sums_grad_xhat = out.new_empty(rows), out.new_empty(rows)
+        step = max(1, ROWS_CHUNK_ELEMENTS // size)
+        for start in range(0, rows, step):
+            rows_here = slice(start, start + step)
+            out_chunk, grad_chunk = out_rows[rows_here], grad_rows[rows_here]
+            negative = out_chunk < 0
+            grad_y = torch.where(negative, grad_chunk * ctx.slope, grad_chunk)  # through leaky ReLU
+            xhat = torch.where(negative, out_chunk * (1.0 / ctx.slope), out_chunk)  # its input, the norm's output...
+            xhat.sub_(shift[rows_here]).div_(scale[rows_here])  # ... and the normalised values
+            sum_grad = grad_y.sum(dim=1, keepdim=True)
+            sum_grad_xhat = torch.linalg.vecdot(grad_y, xhat).unsqueeze(1)
+            sums_grad[rows_here], sums_grad_xhat[rows_here] = sum_grad.squeeze(1), sum_grad_xhat.squeeze(1)
+            # the gradient of the normalised values is grad_y * scale; through the normalisation:
+            grad_y.sub_(sum_grad, alpha=1.0 / size).sub_(xhat.mul_(sum_grad_xhat * (1.0 / size)))
+            torch.mul(grad_y, gain[rows_here], out=grad_x[rows_here])
+        grad_weight = sums_grad_xhat.view(n, c).sum(0)
+        grad_bias = sums_grad.view(n, c).sum(0)
+        return grad_x.view_as(out), grad_weight, grad_bias, None, None
 
 
 class ConvNormAct(nn.Sequential):
@@ -69,9 +91,34 @@ class ConvNormAct(nn.Sequential):
             norm(out_channels, eps=1e-5, affine=True),
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, norm, act = self
-        x = conv(x)
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """x: a map, or a list of maps standing for their concatenation along the channels (a decoder stage's
+        upsampled map and skip; a conv_stage passes the list to its first block)."""
+        if isinstance(x, (list, tuple)):
+            return self._forward_concatenated(list(x))
+        return self._norm_act(self[0](x))
+
+    def _forward_concatenated(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The block on torch.cat(parts, dim=1). In CPU float32 training the convolution is summed over the parts
+        instead (it is linear in its input channels), so that no concatenated map is built and kept for the
+        backward pass: each part is kept already, or only here, at its own size. The convolution module itself
+        is not called then: forward hooks on it see prediction, not such training steps."""
+        conv, norm, _ = self
+        if not _keeps_output_only(parts[0], norm.weight) or conv.padding_mode != "zeros":
+            return self._norm_act(conv(torch.cat(parts, dim=1)))
+        convolve = F.conv2d if parts[0].dim() == 4 else F.conv3d
+        x, start = None, 0
+        for part in parts:
+            weight = conv.weight[:, start:start + part.shape[1]]
+            start += part.shape[1]
+            if x is None:
+                x = convolve(part, weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+            else:  # the convolution keeps its input, not its output: adding in place is safe
+                x.add_(convolve(part, weight, None, conv.stride, conv.padding, conv.dilation))
+        return self._norm_act(x)
+
+    def _norm_act(self, x: torch.Tensor) -> torch.Tensor:
+        _, norm, act = self
         if _keeps_output_only(x, norm.weight):
             return _NormLeakyReLU.apply(x, norm.weight, norm.bias, norm.eps, act.negative_slope)
         return act(norm(x))

@@ -92,7 +92,7 @@ class UNet(nn.Module):
             x = self.bottleneck(x)
         outputs = []
         for up, stage, head in zip(self.up, self.decoder, self.heads):
-            x = stage(torch.cat([up(x), skips.pop()], dim=1))
+            x = stage([up(x), skips.pop()])  # their concatenation, not built in training (blocks.ConvNormAct)
             if self.deep_supervision and self.training:
                 outputs.append(head(x))
         if self.deep_supervision and self.training:

@@ -101,6 +101,6 @@ class HRNet(nn.Module):
             if stage < len(self.branches):
                 streams.append(self.branches[stage](streams[-1]))
         first = streams[0].shape[2:]
-        head = self.mix(torch.cat([streams[0]] + [upsample_to(s, first) for s in streams[1:]], dim=1))
+        head = self.mix([streams[0]] + [upsample_to(s, first) for s in streams[1:]])  # their concatenation
         logits = upsample_to(self.classifier(head), size)
         return [logits] if self.deep_supervision and self.training else logits

@@ -54,8 +54,8 @@ class UNetPlusPlus(nn.Module):
         for j in range(1, depth + 1):
             for i in range(depth - j + 1):
                 earlier = [nodes[i, k] for k in range(j)]
-                nodes[i, j] = self.nodes[f"{i}_{j}"](torch.cat(earlier + [self.up[f"{i}_{j}"](nodes[i + 1, j - 1])],
-                                                               dim=1))
+                # the list stands for the maps' concatenation (autoseg.model.blocks.ConvNormAct)
+                nodes[i, j] = self.nodes[f"{i}_{j}"](earlier + [self.up[f"{i}_{j}"](nodes[i + 1, j - 1])])
         if supervised:
             return [self.heads[j - 1](nodes[0, j]) for j in range(depth, 0, -1)]
         return self.heads[depth - 1](nodes[0, depth])
