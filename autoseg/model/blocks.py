@@ -70,11 +70,11 @@ class _NormLeakyReLU(torch.autograd.Function):
             grad_y = torch.where(negative, grad_chunk * ctx.slope, grad_chunk)  # through leaky ReLU
             xhat = torch.where(negative, out_chunk * (1.0 / ctx.slope), out_chunk)  # its input, the norm's output...
             xhat.sub_(shift[rows_here]).div_(scale[rows_here])  # ... and the normalised values
-            sum_grad = grad_y.sum(dim=1, keepdim=True)
-            sum_grad_xhat = torch.linalg.vecdot(grad_y, xhat).unsqueeze(1)
-            sums_grad[rows_here], sums_grad_xhat[rows_here] = sum_grad.squeeze(1), sum_grad_xhat.squeeze(1)
+            torch.sum(grad_y, dim=1, out=sums_grad[rows_here])
+            torch.linalg.vecdot(grad_y, xhat, out=sums_grad_xhat[rows_here])
             # the gradient of the normalised values is grad_y * scale; through the normalisation:
-            grad_y.sub_(sum_grad, alpha=1.0 / size).sub_(xhat.mul_(sum_grad_xhat * (1.0 / size)))
+            grad_y.sub_(sums_grad[rows_here, None], alpha=1.0 / size)
+            grad_y.sub_(xhat.mul_(sums_grad_xhat[rows_here, None] * (1.0 / size)))
             torch.mul(grad_y, gain[rows_here], out=grad_x[rows_here])
         grad_weight = sums_grad_xhat.view(n, c).sum(0)
         grad_bias = sums_grad.view(n, c).sum(0)
