@@ -15,8 +15,9 @@ Per budget:
   nnU-Net has no time budget of its own.
 Each predicts fold 0's 42 validation cases in their original geometry (mirroring on); the table has the
 mean foreground Dice, iterations, training seconds, wall seconds and peak memory (PSS of the process tree),
-with the CPU's flags. `--long` adds one autoseg budget-recipe run (e.g. 2h). Timings need the machine to
-themselves: nothing else should run beside this.
+with the CPU's flags. `--long` adds one autoseg budget-recipe run (e.g. 2h). `--widths 0.25 0.5 1` runs the
+budget recipe once per width with `--width` forced (the grid that the width rule is checked against) instead of
+once with the rule's choice. Timings need the machine to themselves: nothing else should run beside this.
 """
 from __future__ import annotations
 
@@ -34,12 +35,17 @@ sys.path.insert(0, str(REPO))
 TOOLS = ("budget", "standard", "nnunet")
 
 
-def autoseg_row(out: Path, work: Path, recipe: str, budget_s: float, precision: str) -> dict:
+def autoseg_row(out: Path, work: Path, recipe: str, budget_s: float, precision: str,
+                width: float | None = None) -> dict:
     args = ["--recipe", recipe, "--time-budget", f"{budget_s}s", "--precision", precision]
     if recipe == "standard":
         args += ["--iterations-per-epoch", "50", "--val-iterations", "5"]
-    run = train_autoseg(out, args, work, f"{recipe}-{budget_s:.0f}s")
-    chosen = json.loads((work / f"autoseg-{recipe}-{budget_s:.0f}s-model" / "recipe.json").read_text())
+    name = f"{recipe}-{budget_s:.0f}s"
+    if width is not None:
+        args += ["--width", f"{width:g}"]
+        name += f"-w{width:g}"
+    run = train_autoseg(out, args, work, name)
+    chosen = json.loads((work / f"autoseg-{name}-model" / "recipe.json").read_text())
     return {"dice": run["summary"]["foreground_mean_dice"] if run["summary"] else None,
             "iterations": sum(m["iterations"] for m in run["metrics"]),
             "train_s": run["metrics"][-1]["train_seconds"], "wall_s": run["wall_s"], "peak_mb": run["peak_mb"],
@@ -71,6 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", nargs="+", default=["10m", "30m"])
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--widths", nargs="+", type=float, default=None,
+                        help="run the budget recipe once per width, forced (default: once, the rule's choice)")
     parser.add_argument("--long", default=None, help="one more autoseg budget-recipe run of this length (e.g. 2h)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "auto"),
                         help="autoseg's precision (default fp32: what CPUs without native bf16 get)")
@@ -89,14 +97,17 @@ def main() -> None:
         s_per_iter = nnunet_seconds_per_iteration(args.data, args.work, train_ids, val_ids)
         print(f"nnU-Net: {s_per_iter:.2f} s per iteration", flush=True)
     rows = []
-    plan = [(b, t) for b in args.budgets for t in args.tools] + ([(args.long, "budget")] if args.long else [])
-    for text, tool in plan:
+    budget_widths = args.widths or [None]
+    plan = [(b, t, w) for b in args.budgets for t in args.tools for w in (budget_widths if t == "budget" else [None])]
+    plan += [(args.long, "budget", None)] if args.long else []
+    for text, tool, width in plan:
         budget_s = parse_duration(text)
         if tool == "nnunet":
             row = nnunet_row(args.data, args.work, train_ids, val_ids, budget_s, s_per_iter)
         else:
-            row = autoseg_row(out, args.work, tool, budget_s, args.precision)
-        row.update(budget=text, tool="nnU-Net v2" if tool == "nnunet" else f"autoseg {tool}")
+            row = autoseg_row(out, args.work, tool, budget_s, args.precision, width)
+        label = "nnU-Net v2" if tool == "nnunet" else f"autoseg {tool}" + (f" w{width:g}" if width else "")
+        row.update(budget=text, tool=label)
         rows.append(row)
         print(f"{text:>5} {row['tool']:18} Dice {row['dice'] if row['dice'] is not None else float('nan'):.4f}  "
               f"{row['iterations']:6d} it  train {row['train_s']:7.0f} s  wall {row['wall_s']:7.0f} s  "
