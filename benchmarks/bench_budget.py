@@ -106,7 +106,7 @@ def main() -> None:
             row = nnunet_row(args.data, args.work, train_ids, val_ids, budget_s, s_per_iter)
         else:
             row = autoseg_row(out, args.work, tool, budget_s, args.precision, width)
-        label = "nnU-Net v2" if tool == "nnunet" else f"autoseg {tool}" + (f" w{width:g}" if width else "")
+        label = "nnU-Net v2" if tool == "nnunet" else f"autoseg {tool}" + (f" w{width:g}" if width is not None else "")
         row.update(budget=text, tool=label)
         rows.append(row)
         print(f"{text:>5} {row['tool']:18} Dice {row['dice'] if row['dice'] is not None else float('nan'):.4f}  "
